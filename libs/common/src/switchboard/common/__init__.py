@@ -1,0 +1,1 @@
+"""Switchboard's shared wire contract. Holds no business logic."""

@@ -1,0 +1,44 @@
+"""Every NATS subject, queue group and JetStream name Switchboard uses, in one place.
+
+Subjects carry a version token (``v1``) so that a new wire format can run beside the old
+one during a rolling upgrade. Nothing else in the code base spells a subject.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CHAT_CANCEL_WILDCARD",
+    "CHAT_REQUEST",
+    "MODELS_LIST",
+    "ROUTER_PING",
+    "ROUTER_QUEUE",
+    "chat_cancel",
+    "reply_inbox_prefix",
+]
+
+PREFIX = "switchboard.v1"
+
+CHAT_REQUEST = f"{PREFIX}.chat.request"
+"""Edge → router: one :class:`~switchboard.common.wire.ChatRequest` per chat completion."""
+
+ROUTER_QUEUE = "switchboard-router"
+"""Queue group shared by every router replica: each request goes to exactly one of them."""
+
+CHAT_CANCEL_WILDCARD = f"{PREFIX}.chat.cancel.*"
+"""Router side: every replica listens; only the one serving the request acts on it."""
+
+MODELS_LIST = f"{PREFIX}.models.list"
+"""Edge → router (request/reply): the OpenAI model list."""
+
+ROUTER_PING = f"{PREFIX}.router.ping"
+"""Edge → router (request/reply): is any router alive? Used by health checks."""
+
+
+def chat_cancel(request_id: str) -> str:
+    """Subject on which the edge announces that the client of ``request_id`` went away."""
+    return f"{PREFIX}.chat.cancel.{request_id}"
+
+
+def reply_inbox_prefix(instance_id: str) -> str:
+    """Prefix of one edge process's multiplexed reply inbox (``<prefix>.<token>`` per request)."""
+    return f"_INBOX.sb.{instance_id}"

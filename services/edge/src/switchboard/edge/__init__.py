@@ -1,0 +1,1 @@
+"""Switchboard edge: the OpenAI-compatible HTTP API."""

@@ -1,0 +1,1 @@
+"""Switchboard router: serves chat requests from NATS with OpenRouter-compatible upstreams."""

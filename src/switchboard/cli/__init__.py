@@ -1,0 +1,1 @@
+"""The `switchboard` command: runs the local stack and talks to it."""
