@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 
@@ -21,7 +20,7 @@ log = get_logger(__name__)
 async def connect_nats(
     settings: NatsSettings, *, name: str, first_connect_wait: float = 30.0
 ) -> NATS:
-    """Connect to NATS, retrying the *first* connection for up to ``first_connect_wait`` s.
+    """Connect to NATS, waiting up to ``first_connect_wait`` s for a first connection.
 
     Once connected the client reconnects by itself (``NATS_MAX_RECONNECT_ATTEMPTS``, for
     ever by default), so a NATS restart costs in-flight requests, not the process.
@@ -36,28 +35,24 @@ async def connect_nats(
     async def on_reconnected() -> None:
         log.info("nats.reconnected")
 
-    loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + first_connect_wait
-    delay = 0.1
-    while True:
-        try:
-            return await nats.connect(
-                servers=settings.servers,
-                name=name,
-                connect_timeout=settings.nats_connect_timeout,  # type: ignore[arg-type]
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]
-                max_reconnect_attempts=settings.nats_max_reconnect_attempts,
-                drain_timeout=settings.nats_drain_timeout,  # type: ignore[arg-type]
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-            )
-        except (NoServersError, OSError, TimeoutError) as exc:
-            if loop.time() + delay > give_up_at:
-                raise
-            log.info("nats.waiting", error=type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    nc = NATS()
+    connecting = nc.connect(
+        servers=settings.servers,
+        name=name,
+        connect_timeout=settings.nats_connect_timeout,  # type: ignore[arg-type]
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]
+        max_reconnect_attempts=settings.nats_max_reconnect_attempts,
+        drain_timeout=settings.nats_drain_timeout,  # type: ignore[arg-type]
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+    try:
+        await asyncio.wait_for(connecting, first_connect_wait)
+    except TimeoutError:
+        await nc.close()
+        raise NoServersError from None
+    return nc
 
 
 @asynccontextmanager

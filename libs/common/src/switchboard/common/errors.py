@@ -80,9 +80,12 @@ class GatewayError(Exception):
         code: str | None = None,
         status_code: int | None = None,
         retry_after: float | None = None,
+        error_type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.type = error_type or self.error_type
+        """OpenAI's error type; defaults to the class's, kept when relayed from another service."""
         self.param = param
         self.code = code if code is not None else self.default_code
         self.status = status_code if status_code is not None else self.status_code
@@ -93,7 +96,7 @@ class GatewayError(Exception):
     def detail(self) -> ErrorDetail:
         """The OpenAI ``error`` object for this exception."""
         return ErrorDetail(
-            message=self.message, type=self.error_type, param=self.param, code=self.code
+            message=self.message, type=self.type, param=self.param, code=self.code
         )
 
     def body(self) -> ErrorBody:

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from switchboard.common.logs import bind_context, clear_context, configure_logging, get_logger
+from switchboard.common.settings import NatsSettings, ServiceSettings
+
+
+def test_logs_are_json_with_context_and_no_secrets(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging("test", "INFO")
+    bind_context(request_id="req_1")
+    get_logger("t").info("hello", authorization="Bearer sk-sb-secret", api_key="sk-sb-secret", key_id="key_1")
+    get_logger("t").debug("hidden")
+    clear_context("request_id")
+    import logging
+
+    logging.getLogger("lib").warning("library %s", "line")
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert lines[0]["event"] == "hello"
+    assert lines[0]["request_id"] == "req_1"
+    assert lines[0]["key_id"] == "key_1"
+    assert "sk-sb-secret" not in json.dumps(lines)
+    assert lines[1]["event"] == "library line"
+    assert "request_id" not in lines[1]
+    assert len(lines) == 2
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://a:1, nats://b:2")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    settings = ServiceSettings()
+    assert settings.servers == ["nats://a:1", "nats://b:2"]
+    assert settings.log_level == "DEBUG"
+    assert NatsSettings().nats_max_reconnect_attempts == -1

@@ -1,0 +1,74 @@
+"""Turning a request body into a validated :class:`ChatCompletionRequest`, or a precise 400."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from switchboard.common.chat import ChatCompletionRequest, message_text_length
+from switchboard.common.errors import ContextLengthExceededError, InvalidRequestError
+
+__all__ = ["parse_chat_request"]
+
+_NOT_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+)
+
+
+def _param(loc: tuple[int | str, ...], data: Any) -> str:
+    """``messages[0].content`` from pydantic's location, skipping union tags.
+
+    Pydantic puts discriminator values and union member names in ``loc``; only the parts
+    that exist in the submitted document (and the final, possibly missing, field) are kept.
+    """
+    parts: list[str] = []
+    node = data
+    for position, item in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(item, int) and isinstance(node, list) and 0 <= item < len(node):
+            parts.append(f"[{item}]")
+            node = node[item]
+        elif isinstance(item, str) and isinstance(node, dict) and item in node:
+            parts.append(f".{item}" if parts else item)
+            node = node[item]
+        elif last and isinstance(item, str):
+            parts.append(f".{item}" if parts else item)
+    return "".join(parts)
+
+
+def _invalid(error: ErrorDetails, data: Any) -> InvalidRequestError:
+    param = _param(tuple(error["loc"]), data) or None
+    if error["type"] == "missing":
+        return InvalidRequestError(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
+    return InvalidRequestError(
+        f"Invalid value for '{param}': {error['msg']}.", param=param, code="invalid_value"
+    )
+
+
+def parse_chat_request(body: bytes, *, max_content_chars: int) -> ChatCompletionRequest:
+    """Validate ``body``; raise an OpenAI-shaped error naming the first bad field."""
+    try:
+        request = ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise InvalidRequestError(_NOT_JSON) from None
+        if first["type"] == "model_type" and not first["loc"]:
+            raise InvalidRequestError(
+                "The request body must be a JSON object.", code="invalid_type"
+            ) from None
+        raise _invalid(first, orjson.loads(body)) from None
+    chars = message_text_length(request)
+    if chars > max_content_chars:
+        raise ContextLengthExceededError(
+            f"This conversation has {chars} characters of message content, more than the "
+            f"{max_content_chars} this gateway serves. Shorten the messages.",
+            param="messages",
+        )
+    return request

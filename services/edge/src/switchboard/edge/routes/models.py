@@ -1,0 +1,34 @@
+"""``GET /v1/models``: the model list, as the routers know it."""
+
+from __future__ import annotations
+
+from litestar import MediaType, Request, Response, get
+
+from switchboard.common import subjects
+from switchboard.common.errors import GatewayError, UpstreamError
+from switchboard.common.wire import CompletionFailed, FrameKind
+from switchboard.edge.auth import authenticate
+from switchboard.edge.lifespan import services_of
+
+__all__ = ["list_models"]
+
+_MODELS_TIMEOUT = 10.0
+
+
+@get("/v1/models")
+async def list_models(request: Request[object, object, object]) -> Response[bytes]:
+    """Models this gateway can serve, in OpenAI's list format."""
+    services = services_of(request.app)
+    await authenticate(services.keys, request.headers.get("authorization"))
+    frame = await services.bus.request_frame(subjects.MODELS_LIST, b"", timeout=_MODELS_TIMEOUT)
+    if frame.kind is FrameKind.RESPONSE:
+        return Response(content=frame.body, media_type=MediaType.JSON)
+    if frame.kind is FrameKind.ERROR:
+        failed = CompletionFailed.model_validate_json(frame.body)
+        raise GatewayError(
+            failed.error.message,
+            code=failed.error.code,
+            status_code=failed.status,
+            error_type=failed.error.type,
+        )
+    raise UpstreamError("The router sent an unexpected reply.", code="protocol_error")
