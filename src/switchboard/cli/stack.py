@@ -119,15 +119,38 @@ class Stack:
         nats_url = f"nats://127.0.0.1:{nats_port}"
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         (self.directory / "valkey").mkdir(parents=True, exist_ok=True)
-        nats = self._spawn("nats", [
-            _nats_server(), "-a", "127.0.0.1", "-p", str(nats_port),
-            "-js", "-sd", str(self.directory / "nats"),
-        ], {})
+        nats = self._spawn(
+            "nats",
+            [
+                _nats_server(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(nats_port),
+                "-js",
+                "-sd",
+                str(self.directory / "nats"),
+            ],
+            {},
+        )
         self._wait_port(nats, nats_port)
-        valkey = self._spawn("valkey", [
-            _valkey_server(), "--bind", "127.0.0.1", "--port", str(redis_port),
-            "--dir", str(self.directory / "valkey"), "--appendonly", "yes", "--save", "",
-        ], {})
+        valkey = self._spawn(
+            "valkey",
+            [
+                _valkey_server(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(redis_port),
+                "--dir",
+                str(self.directory / "valkey"),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            {},
+        )
         self._wait_port(valkey, redis_port)
         common = {"NATS_URL": nats_url, "REDIS_URL": redis_url}
         self._spawn("router", [sys.executable, "-m", "switchboard.router"], common)

@@ -95,9 +95,7 @@ class GatewayError(Exception):
     @property
     def detail(self) -> ErrorDetail:
         """The OpenAI ``error`` object for this exception."""
-        return ErrorDetail(
-            message=self.message, type=self.type, param=self.param, code=self.code
-        )
+        return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
 
     def body(self) -> ErrorBody:
         """The whole OpenAI error body."""

@@ -28,10 +28,11 @@ CHAT_CANCEL_WILDCARD = f"{PREFIX}.chat.cancel.*"
 """Router side: every replica listens; only the one serving the request acts on it."""
 
 MODELS_LIST = f"{PREFIX}.models.list"
-"""Edge → router (request/reply): the OpenAI model list."""
+"""Edge → router (request/reply): one frame, ``r`` with the OpenAI model list or ``e``."""
 
 ROUTER_PING = f"{PREFIX}.router.ping"
-"""Edge → router (request/reply): is any router alive? Used by health checks."""
+"""Edge → router (request/reply): is any router alive? The reply is plain
+:class:`~switchboard.common.wire.RouterPong` JSON, not a frame. Used by health checks."""
 
 
 def chat_cancel(request_id: str) -> str:

@@ -1,8 +1,8 @@
 """``switchboard-edge``: serve the HTTP API, or manage API keys.
 
-    switchboard-edge [serve]
-    switchboard-edge keys create --name NAME [--json]
-    switchboard-edge keys revoke KEY_ID [--json]
+switchboard-edge [serve]
+switchboard-edge keys create --name NAME [--json]
+switchboard-edge keys revoke KEY_ID [--json]
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ log = get_logger(__name__)
 
 _STATUS_HEADER = "Status"
 _NO_RESPONDERS = "503"
+_DEADLINE_PASSED = "The request deadline passed before the answer was complete."
 _NO_ROUTER = "No router is available to serve this request; try again shortly."
 
 
@@ -62,14 +63,12 @@ class Exchange:
         while True:
             wait = min(self._idle_timeout, self._deadline - loop.time())
             if wait <= 0:
-                raise GatewayTimeoutError("The request deadline passed before the answer was complete.")
+                raise GatewayTimeoutError(_DEADLINE_PASSED)
             try:
                 msg = await asyncio.wait_for(self._queue.get(), wait)
             except TimeoutError:
                 if loop.time() >= self._deadline:
-                    raise GatewayTimeoutError(
-                        "The request deadline passed before the answer was complete."
-                    ) from None
+                    raise GatewayTimeoutError(_DEADLINE_PASSED) from None
                 raise UpstreamError(
                     "The router stopped responding while serving this request.",
                     code="router_unresponsive",
@@ -101,8 +100,9 @@ class Bus:
 
     async def start(self) -> None:
         """Subscribe to this process's reply inbox."""
-        await self._nc.subscribe(f"{self._prefix}.*", cb=self._dispatch, pending_msgs_limit=-1,
-                                 pending_bytes_limit=-1)
+        await self._nc.subscribe(
+            f"{self._prefix}.*", cb=self._dispatch, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
 
     async def _dispatch(self, msg: Msg) -> None:
         token = msg.subject.rpartition(".")[2]
@@ -128,18 +128,26 @@ class Bus:
         except BaseException:
             del self._queues[token]
             raise
-        return Exchange(queue, idle_timeout=self._idle_timeout, deadline=deadline,
-                        on_close=lambda: self._queues.pop(token, None))
+        return Exchange(
+            queue,
+            idle_timeout=self._idle_timeout,
+            deadline=deadline,
+            on_close=lambda: self._queues.pop(token, None),
+        )
 
-    async def request_frame(self, subject: str, payload: bytes, *, timeout: float) -> Frame:
-        """One request, one reply frame (models list, pings)."""
+    async def request(self, subject: str, payload: bytes, *, timeout: float) -> bytes:
+        """One request, one reply (pings); errors as :class:`GatewayError`."""
         try:
             msg = await self._nc.request(subject, payload, timeout=timeout)
         except NoRespondersError:
             raise ServiceUnavailableError(_NO_ROUTER, code="no_router") from None
         except NatsTimeoutError:
             raise GatewayTimeoutError("The router did not answer in time.") from None
-        return decode_frame(msg.data)
+        return msg.data
+
+    async def request_frame(self, subject: str, payload: bytes, *, timeout: float) -> Frame:
+        """One request, one reply frame (the model list)."""
+        return decode_frame(await self.request(subject, payload, timeout=timeout))
 
     def cancel(self, request_id: str) -> None:
         """Tell routers the client of ``request_id`` is gone; safe to call while cancelled."""

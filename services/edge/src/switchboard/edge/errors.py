@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import MediaType, Request, Response
+from litestar import MediaType, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
@@ -16,6 +16,7 @@ from switchboard.common.errors import (
     ServiceUnavailableError,
 )
 from switchboard.common.logs import get_logger
+from switchboard.edge.lifespan import HttpRequest
 
 __all__ = ["error_response", "exception_handlers"]
 
@@ -45,11 +46,11 @@ def error_response(
     )
 
 
-def _gateway_error(_: Request[object, object, object], exc: GatewayError) -> Response[bytes]:
+def _gateway_error(_: HttpRequest, exc: GatewayError) -> Response[bytes]:
     return error_response(exc.detail, exc.status, retry_after=exc.retry_after)
 
 
-def _http_exception(_: Request[object, object, object], exc: HTTPException) -> Response[bytes]:
+def _http_exception(_: HttpRequest, exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     if status == 413:
         error: GatewayError = PayloadTooLargeError("The request body is too large.")
@@ -65,8 +66,11 @@ def _http_exception(_: Request[object, object, object], exc: HTTPException) -> R
         return error_response(detail, 405)
     if status >= 500:
         log.error("http.exception", status=status, detail=exc.detail)
-        detail = ErrorDetail(message="The server had an error while processing your request.",
-                             type="api_error", code="internal_error")
+        detail = ErrorDetail(
+            message="The server had an error while processing your request.",
+            type="api_error",
+            code="internal_error",
+        )
         return error_response(detail, status)
     detail = ErrorDetail(
         message=exc.detail or "Bad request.",
@@ -75,8 +79,8 @@ def _http_exception(_: Request[object, object, object], exc: HTTPException) -> R
     return error_response(detail, status)
 
 
-def _unexpected(_: Request[object, object, object], exc: Exception) -> Response[bytes]:
-    log.exception("unhandled", error=type(exc).__name__)
+def _unexpected(_: HttpRequest, exc: Exception) -> Response[bytes]:
+    log.error("unhandled", error=type(exc).__name__, exc_info=exc)
     detail = ErrorDetail(
         message="The server had an error while processing your request.",
         type="api_error",

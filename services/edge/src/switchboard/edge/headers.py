@@ -17,7 +17,7 @@ _HEADERS = {
 }
 
 
-async def security_headers(message: Message, scope: Scope) -> None:
+async def security_headers(message: Message, _scope: Scope) -> None:
     """Add the headers to the start of each HTTP response (keeps any already set)."""
     if message["type"] == "http.response.start":
         headers = MutableScopeHeaders.from_message(message)

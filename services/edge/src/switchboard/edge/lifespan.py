@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
+from litestar.datastructures import State
 from redis.asyncio import Redis
 
 from switchboard.common.bus import NATS, nats_connection
@@ -15,7 +17,10 @@ from switchboard.edge.bus import Bus
 from switchboard.edge.keys import KeyStore
 from switchboard.edge.settings import EdgeSettings
 
-__all__ = ["EdgeServices", "edge_lifespan"]
+__all__ = ["EdgeServices", "HttpRequest", "edge_lifespan", "services_of"]
+
+HttpRequest = Request[Any, Any, State]
+"""The request type route handlers receive."""
 
 log = get_logger(__name__)
 

@@ -19,11 +19,11 @@ _NOT_JSON = (
 )
 
 
-def _param(loc: tuple[int | str, ...], data: Any) -> str:
+def _param(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str:
     """``messages[0].content`` from pydantic's location, skipping union tags.
 
     Pydantic puts discriminator values and union member names in ``loc``; only the parts
-    that exist in the submitted document (and the final, possibly missing, field) are kept.
+    that exist in the submitted document (and, for a missing field, its name) are kept.
     """
     parts: list[str] = []
     node = data
@@ -35,16 +35,19 @@ def _param(loc: tuple[int | str, ...], data: Any) -> str:
         elif isinstance(item, str) and isinstance(node, dict) and item in node:
             parts.append(f".{item}" if parts else item)
             node = node[item]
-        elif last and isinstance(item, str):
+        elif last and missing and isinstance(item, str):
             parts.append(f".{item}" if parts else item)
     return "".join(parts)
 
 
 def _invalid(error: ErrorDetails, data: Any) -> InvalidRequestError:
-    param = _param(tuple(error["loc"]), data) or None
-    if error["type"] == "missing":
+    missing = error["type"] == "missing"
+    param = _param(tuple(error["loc"]), data, missing=missing) or None
+    if missing:
         return InvalidRequestError(
-            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
         )
     return InvalidRequestError(
         f"Invalid value for '{param}': {error['msg']}.", param=param, code="invalid_value"
@@ -56,7 +59,8 @@ def parse_chat_request(body: bytes, *, max_content_chars: int) -> ChatCompletion
     try:
         request = ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
+        # Of the errors of every union branch, the deepest is the most specific.
+        first = max(exc.errors(include_url=False), key=lambda error: len(error["loc"]))
         if first["type"] == "json_invalid":
             raise InvalidRequestError(_NOT_JSON) from None
         if first["type"] == "model_type" and not first["loc"]:

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 import orjson
-from litestar import MediaType, Request, Response, post
+from litestar import MediaType, Response, post
 from litestar.response import Stream
 
 from switchboard.common import subjects
@@ -24,7 +24,7 @@ from switchboard.common.wire import (
 )
 from switchboard.edge.auth import authenticate
 from switchboard.edge.bus import Bus, Exchange
-from switchboard.edge.lifespan import EdgeServices, services_of
+from switchboard.edge.lifespan import EdgeServices, HttpRequest, services_of
 from switchboard.edge.requests import parse_chat_request
 
 __all__ = ["chat_completions"]
@@ -51,17 +51,20 @@ def _sse_error(detail: ErrorDetail) -> bytes:
 
 
 def _unexpected_frame(frame: Frame) -> UpstreamError:
-    return UpstreamError(f"The router sent an unexpected {frame.kind.name} frame.",
-                         code="protocol_error")
+    return UpstreamError(
+        f"The router sent an unexpected {frame.kind.name} frame.", code="protocol_error"
+    )
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[object, object, object]) -> Response[bytes] | Stream:
+async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
     """Create a chat completion, streamed (SSE) or not, in OpenAI's format."""
     services = services_of(request.app)
     settings = services.settings
     identity = await authenticate(services.keys, request.headers.get("authorization"))
-    chat = parse_chat_request(await request.body(), max_content_chars=settings.edge_max_content_chars)
+    chat = parse_chat_request(
+        await request.body(), max_content_chars=settings.edge_max_content_chars
+    )
     request_id = "req_" + secrets.token_hex(12)
     bind_context(request_id=request_id, key_id=identity.key_id, model=chat.model)
     now = time.time()
@@ -79,14 +82,13 @@ async def chat_completions(request: Request[object, object, object]) -> Response
     headers = {"x-request-id": request_id}
     if chat.wants_stream:
         return await _stream(services, exchange, request_id, headers)
-    return await _complete(services.bus, request, exchange, request_id, identity, headers)
+    return await _complete(services.bus, request, exchange, identity, headers)
 
 
 async def _complete(
     bus: Bus,
-    request: Request[object, object, object],
+    request: HttpRequest,
     exchange: Exchange,
-    request_id: str,
     identity: KeyIdentity,
     headers: dict[str, str],
 ) -> Response[bytes]:
@@ -99,7 +101,7 @@ async def _complete(
         disconnect.cancel()
         if not collect.done():
             collect.cancel()
-            bus.cancel(request_id)
+            bus.cancel(headers["x-request-id"])
             log.info("chat.client_disconnected", key_id=identity.key_id)
         exchange.close()
     body, finished = collect.result()
@@ -121,7 +123,7 @@ async def _collect(exchange: Exchange) -> tuple[bytes, CompletionFinished]:
     raise UpstreamError("The router ended the exchange without an answer.", code="protocol_error")
 
 
-async def _wait_for_disconnect(request: Request[object, object, object]) -> None:
+async def _wait_for_disconnect(request: HttpRequest) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
@@ -156,7 +158,9 @@ async def _stream(
     )
 
 
-async def _relay(bus: Bus, exchange: Exchange, request_id: str, first: Frame) -> AsyncIterator[bytes]:
+async def _relay(
+    bus: Bus, exchange: Exchange, request_id: str, first: Frame
+) -> AsyncIterator[bytes]:
     """Write chunks as they arrive, framing them as SSE without parsing them."""
     finished = False
     chunks = 1
@@ -171,9 +175,12 @@ async def _relay(bus: Bus, exchange: Exchange, request_id: str, first: Frame) ->
                 expected = CompletionFinished.model_validate_json(frame.body).chunks
                 if expected != chunks:
                     log.error("chat.chunks_lost", expected=expected, received=chunks)
-                    yield _sse_error(UpstreamError(
-                        "Part of the stream was lost between gateway services.",
-                        code="stream_incomplete").detail)
+                    yield _sse_error(
+                        UpstreamError(
+                            "Part of the stream was lost between gateway services.",
+                            code="stream_incomplete",
+                        ).detail
+                    )
                     return
                 yield _DONE
                 return

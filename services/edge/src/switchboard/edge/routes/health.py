@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import MediaType, Request, Response, get
+from litestar import MediaType, Response, get
 
 from switchboard.common import subjects
 from switchboard.common.errors import GatewayError
 from switchboard.common.wire import RouterPong
-from switchboard.edge.lifespan import EdgeServices, services_of
+from switchboard.edge.lifespan import EdgeServices, HttpRequest, services_of
 
 __all__ = ["health", "live", "ready"]
 
@@ -29,16 +29,16 @@ async def _check_redis(services: EdgeServices) -> dict[str, Any]:
 
 async def _check_router(services: EdgeServices) -> dict[str, Any]:
     try:
-        frame = await services.bus.request_frame(
+        reply = await services.bus.request(
             subjects.ROUTER_PING, b"", timeout=services.settings.edge_health_timeout
         )
-        pong = RouterPong.model_validate_json(frame.body)
+        pong = RouterPong.model_validate_json(reply)
     except GatewayError as exc:
         return {"status": "down", "error": exc.code}
     return {"status": "ok", "instance": pong.instance_id}
 
 
-async def _report(request: Request[object, object, object]) -> Response[dict[str, Any]]:
+async def _report(request: HttpRequest) -> Response[dict[str, Any]]:
     services = services_of(request.app)
     nats_ok = services.nc.is_connected
     components: dict[str, dict[str, Any]] = {"nats": {"status": "ok" if nats_ok else "down"}}
@@ -57,13 +57,13 @@ async def _report(request: Request[object, object, object]) -> Response[dict[str
 
 
 @get("/health", cache=False)
-async def health(request: Request[object, object, object]) -> Response[dict[str, Any]]:
+async def health(request: HttpRequest) -> Response[dict[str, Any]]:
     """Component status as JSON; 503 when any dependency is down."""
     return await _report(request)
 
 
 @get("/health/ready", cache=False)
-async def ready(request: Request[object, object, object]) -> Response[dict[str, Any]]:
+async def ready(request: HttpRequest) -> Response[dict[str, Any]]:
     """Readiness: same checks as ``/health``."""
     return await _report(request)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from litestar import MediaType, Request, Response, get
+from litestar import MediaType, Response, get
 
 from switchboard.common import subjects
 from switchboard.common.errors import GatewayError, UpstreamError
 from switchboard.common.wire import CompletionFailed, FrameKind
 from switchboard.edge.auth import authenticate
-from switchboard.edge.lifespan import services_of
+from switchboard.edge.lifespan import HttpRequest, services_of
 
 __all__ = ["list_models"]
 
@@ -16,7 +16,7 @@ _MODELS_TIMEOUT = 10.0
 
 
 @get("/v1/models")
-async def list_models(request: Request[object, object, object]) -> Response[bytes]:
+async def list_models(request: HttpRequest) -> Response[bytes]:
     """Models this gateway can serve, in OpenAI's list format."""
     services = services_of(request.app)
     await authenticate(services.keys, request.headers.get("authorization"))

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from switchboard.common.errors import ContextLengthExceededError, InvalidRequestError
+from switchboard.edge.requests import parse_chat_request
+
+
+def _body(**fields: Any) -> bytes:
+    return json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    ).encode()
+
+
+def test_valid_body_keeps_unknown_fields() -> None:
+    request = parse_chat_request(_body(route="fallback"), max_content_chars=10)
+    assert request.model_dump(exclude_unset=True)["route"] == "fallback"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "code"),
+    [
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}],
+                    }
+                ]
+            },
+            "messages[0].tool_calls[0].function.arguments",
+            "missing_required_parameter",
+        ),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "has space"}}]},
+            "tools[0].function.name",
+            "invalid_value",
+        ),
+        ({"stream": "yes please"}, "stream", "invalid_value"),
+    ],
+)
+def test_errors_name_the_deepest_field(fields: dict[str, Any], param: str, code: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_chat_request(_body(**fields), max_content_chars=1000)
+    assert (caught.value.param, caught.value.code, caught.value.status) == (param, code, 400)
+    assert param in caught.value.message
+
+
+def test_content_limit_is_inclusive() -> None:
+    body = _body(messages=[{"role": "user", "content": "x" * 10}])
+    assert parse_chat_request(body, max_content_chars=10)
+    with pytest.raises(ContextLengthExceededError) as caught:
+        parse_chat_request(body, max_content_chars=9)
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.param == "messages"
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"\xff\xfe"])
+def test_unparseable_bodies(body: bytes) -> None:
+    with pytest.raises(InvalidRequestError, match="parse the JSON"):
+        parse_chat_request(body, max_content_chars=10)
+
+
+@pytest.mark.parametrize("body", [b"[]", b"3", b"null", b'"s"'])
+def test_non_object_bodies(body: bytes) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_chat_request(body, max_content_chars=10)
+    assert caught.value.code == "invalid_type"

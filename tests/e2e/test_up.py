@@ -1,0 +1,160 @@
+"""``switchboard up``: the whole stack from one command, stopped cleanly by a signal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.support.openrouter_emulator import EmulatorServer
+from tests.support.servers import free_port
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    base_url: str
+    output: list[str]
+
+    def state(self) -> dict[str, object]:
+        state: dict[str, object] = json.loads((self.data_dir / "state.json").read_text())
+        return state
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "switchboard.cli.main", "--data-dir", str(self.data_dir), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): look at its state.
+    status = Path(f"/proc/{pid}/stat")
+    return status.exists() and status.read_text().split()[2] != "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return [pid for pid in pids if _alive(pid)]
+
+
+@pytest.fixture
+def up(tmp_path: Path, upstream: EmulatorServer) -> Iterator[Up]:
+    """``switchboard up`` against the emulator, in a fresh data dir."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "switchboard.cli.main",
+            "--data-dir",
+            str(tmp_path),
+            "up",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "OPENROUTER_BASE_URL": upstream.base_url,
+            "OPENROUTER_API_KEY": "sk-or-up",
+        },
+    )
+    output: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        output.append(line)
+        if "Switchboard is up" in line or "could not start" in line:
+            break
+    assert "Switchboard is up" in output[-1], "".join(output)
+    running = Up(proc, tmp_path, f"http://127.0.0.1:{port}/v1", output)
+    try:
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
+
+
+def test_up_serves_then_stops_cleanly_on_sigterm(up: Up) -> None:
+    assert up.base_url in up.output[-1]
+    created = up.cli("keys", "create", "--name", "laptop", "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["key"].startswith("sk-sb-")
+    client = openai.OpenAI(base_url=up.base_url, api_key=key["key"], max_retries=0, timeout=30)
+    reply = client.chat.completions.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "up?"}]
+    )
+    assert reply.choices[0].message.content == "Echo: up?"
+
+    revoked = up.cli("keys", "revoke", key["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+    children = list(up.state()["services"].values())  # type: ignore[union-attr]
+    assert len(children) == 4
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(60) == 0
+    assert _wait_gone(children) == []
+    assert not (up.data_dir / "state.json").exists()
+
+
+def test_up_children_do_not_outlive_a_killed_supervisor(up: Up) -> None:
+    children = list(up.state()["services"].values())  # type: ignore[union-attr]
+    second = up.cli("up", "--port", str(free_port()))
+    assert second.returncode == 1
+    assert "already runs" in second.stderr
+    up.proc.kill()
+    up.proc.wait(10)
+    assert _wait_gone(children) == []
+
+
+def test_keys_without_a_stack_says_so(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "switchboard.cli.main",
+            "--data-dir",
+            str(tmp_path),
+            "keys",
+            "create",
+            "--name",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no running stack" in result.stderr
