@@ -1,0 +1,27 @@
+# Switchboard task runner: `make help` lists the targets.
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS ?= never
+
+.PHONY: help install up lint typecheck test e2e
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: ## Install every package and tool (uv sync)
+	uv sync --locked
+
+up: ## Run the whole stack on this machine
+	uv run switchboard up
+
+lint: ## Ruff lint and format check
+	uv run ruff check .
+	uv run ruff format --check .
+
+typecheck: ## Strict mypy over every package's src/
+	uv run mypy
+
+test: ## The whole suite with coverage (what CI runs)
+	uv run pytest --cov
+
+e2e: ## Only the end-to-end tests
+	uv run pytest tests/e2e -q
