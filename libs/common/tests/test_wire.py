@@ -87,3 +87,18 @@ def test_unknown_wire_version_is_refused() -> None:
         CompletionFinished.model_validate(
             {"v": 2, "request_id": "r", "served_model": "m", "provider": "p"}
         )
+
+
+def test_envelope_encoding_keeps_version_and_only_sent_fields() -> None:
+    envelope = ChatRequest(
+        request_id="r",
+        key=KeyIdentity(key_id="k"),
+        received_at=1.0,
+        deadline=2.0,
+        request={"model": "m", "messages": [{"role": "user", "content": "hi"}]},  # type: ignore[arg-type]
+    )
+    decoded = ChatRequest.model_validate_json(envelope.encode())
+    assert decoded == envelope
+    raw = envelope.encode().decode()
+    assert '"v":1' in raw
+    assert "temperature" not in raw

@@ -93,6 +93,10 @@ class _Wire(BaseModel):
     v: Literal[1] = WIRE_VERSION
     """Wire version; a consumer refuses versions it does not know."""
 
+    def model_post_init(self, context: object, /) -> None:
+        # Keep ``v`` on the wire even when dumped with ``exclude_unset``.
+        self.model_fields_set.add("v")
+
 
 class KeyIdentity(_Wire):
     """Who is calling: the authenticated API key, never its secret."""
@@ -113,6 +117,11 @@ class ChatRequest(_Wire):
     """Unix time (seconds) after which nobody waits for the answer."""
     request: ChatCompletionRequest
     """The validated OpenAI request, unknown fields included."""
+
+    def encode(self) -> bytes:
+        """JSON for the wire: only what the client sent, so no default becomes an explicit
+        ``null`` for the upstream."""
+        return self.model_dump_json(exclude_unset=True, by_alias=True).encode()
 
 
 class TokenUsage(_Wire):
@@ -142,7 +151,8 @@ class CompletionFinished(_Wire):
 class CompletionFailed(_Wire):
     """Terminal frame of a failed exchange: an OpenAI error and its HTTP status."""
 
-    request_id: str
+    request_id: str = ""
+    """Empty on replies that belong to no chat request (the model list)."""
     status: int
     error: ErrorDetail
     retry_after: float | None = None

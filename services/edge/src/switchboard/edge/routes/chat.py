@@ -69,14 +69,13 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
     bind_context(request_id=request_id, key_id=identity.key_id, model=chat.model)
     now = time.time()
     envelope = ChatRequest(
-        v=1,
         request_id=request_id,
         key=identity,
         received_at=now,
         deadline=now + settings.edge_request_timeout,
         request=chat,
     )
-    payload = envelope.model_dump_json(exclude_unset=True, by_alias=True).encode()
+    payload = envelope.encode()
     deadline = asyncio.get_running_loop().time() + settings.edge_request_timeout
     exchange = await services.bus.open(subjects.CHAT_REQUEST, payload, deadline=deadline)
     headers = {"x-request-id": request_id}

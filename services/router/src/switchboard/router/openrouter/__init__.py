@@ -1,0 +1,1 @@
+"""The OpenRouter-compatible upstream: HTTP client, stream parsing, error mapping."""

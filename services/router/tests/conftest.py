@@ -1,0 +1,91 @@
+"""Fixtures shared by the router's unit and integration tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from switchboard.common.wire import ChatRequest, Frame, KeyIdentity, decode_frame
+from switchboard.router.settings import RouterSettings
+
+SettingsFactory = Callable[..., RouterSettings]
+EnvelopeFactory = Callable[..., ChatRequest]
+
+
+class FakeNats:
+    """Stands in for a NATS connection where only ``publish`` is used; records frames."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
+        self.published.append((subject, payload))
+
+    @property
+    def frames(self) -> list[Frame]:
+        return [decode_frame(payload) for _, payload in self.published]
+
+    @property
+    def kinds(self) -> str:
+        """The frame kinds in order, e.g. ``"ccct"``."""
+        return "".join(frame.kind.value.decode() for frame in self.frames)
+
+
+@pytest.fixture
+def fake_nats() -> FakeNats:
+    """A publish-only NATS stand-in that records every frame."""
+    return FakeNats()
+
+
+@pytest.fixture
+def make_settings() -> SettingsFactory:
+    """Router settings with test-friendly defaults; keyword arguments override them."""
+
+    def make(**overrides: Any) -> RouterSettings:
+        values: dict[str, Any] = {
+            "openrouter_base_url": "http://127.0.0.1:9/api/v1",
+            "openrouter_api_key": "sk-or-v1-test-secret-key",
+            "router_keepalive_interval": 5.0,
+            "router_upstream_connect_timeout": 2.0,
+            "router_upstream_read_timeout": 5.0,
+            **overrides,
+        }
+        return RouterSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_envelope() -> EnvelopeFactory:
+    """A chat request envelope; ``request`` fields and envelope fields as keywords."""
+
+    def make(
+        *,
+        stream: bool | None = None,
+        deadline_in: float = 30.0,
+        request_id: str | None = None,
+        **request: Any,
+    ) -> ChatRequest:
+        body: dict[str, Any] = {
+            "model": "openai/gpt-4o-mini",
+            "messages": [{"role": "user", "content": "Hello there"}],
+            **request,
+        }
+        if stream is not None:
+            body["stream"] = stream
+        now = time.time()
+        return ChatRequest.model_validate(
+            {
+                "request_id": request_id or f"req{uuid.uuid4().hex}",
+                "key": KeyIdentity(key_id="key_test", name="tests"),
+                "received_at": now,
+                "deadline": now + deadline_in,
+                "request": body,
+            }
+        )
+
+    return make
