@@ -103,6 +103,8 @@ class Bus:
         await self._nc.subscribe(
             f"{self._prefix}.*", cb=self._dispatch, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
+        # The server must know the inbox before the first request names it as reply subject.
+        await self._nc.flush()
 
     async def _dispatch(self, msg: Msg) -> None:
         token = msg.subject.rpartition(".")[2]
