@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS ?= never
 
-.PHONY: help install up lint typecheck test e2e
+.PHONY: help install up lint typecheck test e2e bench
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -25,3 +25,6 @@ test: ## The whole suite with coverage (what CI runs)
 
 e2e: ## Only the end-to-end tests
 	uv run pytest tests/e2e -q
+
+bench: ## Benchmarks against LiteLLM; writes docs/benchmarks.md (needs nginx: apt-get install nginx-light)
+	uv run --group bench python -m bench.run
