@@ -16,6 +16,15 @@ from tests.support.servers import ManagedProcess, start_nats, start_valkey
 from tests.support.services import create_key, start_edge, start_router, wait_healthy
 
 UPSTREAM_SECRET = "sk-or-test-upstream-secret"
+ROUTING_CONFIG = """
+# No retries and breakers that never open: the error tests look at single upstream
+# attempts, and one session-wide router must not carry a test's failures into the next.
+retry: {max_retries: 0}
+breaker: {failure_threshold: 1000000, min_calls: 1000000}
+tiers:
+  standard: [anthropic/claude-3.5-haiku, openai/gpt-4o-mini]
+  budget: [meta-llama/llama-3.1-8b-instruct]
+"""
 
 
 @dataclass
@@ -44,8 +53,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     nats = start_nats(workdir / "nats")
     valkey = start_valkey(workdir / "valkey")
     upstream = EmulatorServer().start()
+    routing = workdir / "routing.yaml"
+    routing.write_text(ROUTING_CONFIG)
     router = start_router(
-        workdir, nats_url=nats.url, upstream=upstream.base_url, ROUTER_KEEPALIVE_INTERVAL="0.5"
+        workdir,
+        nats_url=nats.url,
+        upstream=upstream.base_url,
+        ROUTER_KEEPALIVE_INTERVAL="0.5",
+        SWITCHBOARD_CONFIG=str(routing),
+        ROUTER_CATALOG_CACHE=str(workdir / "router-catalog.json"),
     )
     edge = start_edge(workdir, nats_url=nats.url, redis_url=valkey.url, EDGE_IDLE_TIMEOUT="3")
     running = Stack(workdir, nats, valkey, upstream, router, edge)

@@ -410,6 +410,7 @@ class OpenRouterEmulator:
         api_key: str | None = None,
         max_calls: int | None = 10_000,
         reply: Callable[[Mapping[str, Any]], str] | None = None,
+        report_cost: bool = True,
     ) -> None:
         """Args:
         catalog: the models served; :data:`DEFAULT_CATALOG` if ``None``.
@@ -419,6 +420,7 @@ class OpenRouterEmulator:
         api_key: if set, chat calls need ``Authorization: Bearer <api_key>`` (else 401).
         max_calls: calls kept in the record (oldest dropped); ``0`` keeps none.
         reply: makes the answer text from the request body instead of ``"Echo: ..."``.
+        report_cost: put ``usage.cost`` in answers (OpenRouter does; most others do not).
         """
         models = tuple(DEFAULT_CATALOG if catalog is None else catalog)
         self._models = MappingProxyType({model.id: model for model in models})
@@ -427,6 +429,9 @@ class OpenRouterEmulator:
         self.stream_chunks = stream_chunks
         self.chunk_delay = chunk_delay
         self.processing_comment = processing_comment
+        self.report_cost = report_cost
+        self.models_status: int | None = None
+        """When set, ``GET /models`` answers this HTTP error status (a catalog outage)."""
         self.api_key = api_key
         self.reply = reply
         self._lock = threading.Lock()
@@ -678,10 +683,10 @@ def _answer(body: dict[str, Any], reply: Callable[[Mapping[str, Any]], str] | No
     return _Answer(content, None, finish_reason, prompt_tokens, _tokens(len(content)))
 
 
-def _usage(answer: _Answer, model: ModelSpec) -> dict[str, Any]:
+def _usage(answer: _Answer, model: ModelSpec, *, report_cost: bool = True) -> dict[str, Any]:
     prompt_cost = model.cost(answer.prompt_tokens, 0)
     completion_cost = model.cost(0, answer.completion_tokens)
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.completion_tokens,
         "total_tokens": answer.prompt_tokens + answer.completion_tokens,
@@ -695,6 +700,9 @@ def _usage(answer: _Answer, model: ModelSpec) -> dict[str, Any]:
         },
         "completion_tokens_details": {"reasoning_tokens": 0, "image_tokens": 0},
     }
+    if not report_cost:
+        del usage["cost"], usage["cost_details"]
+    return usage
 
 
 def _phrase(status: int) -> str:
@@ -879,6 +887,8 @@ class EmulatorApp:
         try:
             if path in _CHAT_PATHS:
                 await self._chat(call, receive, send)
+            elif path in _MODELS_PATHS and call.method == "GET" and self.emulator.models_status:
+                await self._fail(call, send, self.emulator.models_status, None)
             elif path in _MODELS_PATHS and call.method == "GET":
                 call.status = 200
                 await _send_json(send, 200, self.emulator.models_json)
@@ -1026,7 +1036,7 @@ class EmulatorApp:
                     }
                 ],
                 "system_fingerprint": None,
-                "usage": _usage(answer, model),
+                "usage": _usage(answer, model, report_cost=self.emulator.report_cost),
             }
         )
         call.status = 200
@@ -1071,7 +1081,7 @@ class EmulatorApp:
         )
         options = call.body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        usage = _usage(answer, model) if include_usage else None
+        usage = _usage(answer, model, report_cost=emulator.report_cost) if include_usage else None
         payloads = _stream_payloads(answer, prefix, emulator.stream_chunks, usage)
         kind = fault.kind if fault is not None else None
         if fault is not None and kind in ("disconnect", "stream_error", "hang"):

@@ -135,8 +135,11 @@ def start_nats(workdir: Path, *, port: int | None = None, jetstream: bool = True
     return managed
 
 
-def start_valkey(workdir: Path, *, port: int | None = None) -> ManagedProcess:
-    """valkey-server on 127.0.0.1, no persistence, data under ``workdir``."""
+def start_valkey(
+    workdir: Path, *, port: int | None = None, persistent: bool = False
+) -> ManagedProcess:
+    """valkey-server on 127.0.0.1, data under ``workdir``; with ``persistent``, an
+    append-only file (fsync always) keeps the data across a restart on the same ``workdir``."""
     port = port or free_port()
     argv = [
         valkey_server_binary(),
@@ -149,7 +152,9 @@ def start_valkey(workdir: Path, *, port: int | None = None) -> ManagedProcess:
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if persistent else "no",
+        "--appendfsync",
+        "always",
         "--protected-mode",
         "no",
     ]

@@ -828,3 +828,20 @@ def test_standalone_process(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(5)
     assert f"http://127.0.0.1:{port}/api/v1" in (tmp_path / "emulator.log").read_text()
+
+
+def test_models_status_and_report_cost() -> None:
+    """A catalog outage on ``GET /models``, and answers without ``usage.cost``."""
+    import httpx as _httpx
+
+    from tests.support.openrouter_emulator import running_emulator
+
+    with running_emulator(report_cost=False) as upstream:
+        upstream.emulator.models_status = 503
+        assert _httpx.get(f"{upstream.base_url}/models").status_code == 503
+        upstream.emulator.models_status = None
+        assert _httpx.get(f"{upstream.base_url}/models").status_code == 200
+        body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        usage = _httpx.post(f"{upstream.base_url}/chat/completions", json=body).json()["usage"]
+        assert "cost" not in usage
+        assert usage["prompt_tokens"] == 1

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from switchboard.common.events import UsageRecorded
 from switchboard.common.wire import ChatRequest, Frame, KeyIdentity, decode_frame
+from switchboard.router.breaker import Breakers
+from switchboard.router.catalog import ModelCatalog
+from switchboard.router.config import Routing, RoutingConfig
+from switchboard.router.exchange import ChatServices
+from switchboard.router.openrouter.client import OpenRouterClient
+from switchboard.router.openrouter.errors import UpstreamUnreachableError
+from switchboard.router.routing import Planner
 from switchboard.router.settings import RouterSettings
 
 SettingsFactory = Callable[..., RouterSettings]
@@ -42,11 +52,13 @@ def fake_nats() -> FakeNats:
 
 
 @pytest.fixture
-def make_settings() -> SettingsFactory:
+def make_settings(tmp_path: Path) -> SettingsFactory:
     """Router settings with test-friendly defaults; keyword arguments override them."""
 
     def make(**overrides: Any) -> RouterSettings:
         values: dict[str, Any] = {
+            "router_catalog_cache": tmp_path / "catalog.json",
+            "switchboard_config": None,
             "openrouter_base_url": "http://127.0.0.1:9/api/v1",
             "openrouter_api_key": "sk-or-v1-test-secret-key",
             "router_keepalive_interval": 5.0,
@@ -86,6 +98,54 @@ def make_envelope() -> EnvelopeFactory:
                 "deadline": now + deadline_in,
                 "request": body,
             }
+        )
+
+    return make
+
+
+ServicesFactory = Callable[..., ChatServices]
+
+
+@pytest.fixture
+def make_services() -> ServicesFactory:
+    """The :class:`ChatServices` of one exchange around ``client`` (the default provider).
+
+    No retries and no catalog unless given: each upstream call is one attempt, as the
+    exchange tests expect; ``recorded`` collects the usage events.
+    """
+
+    def make(
+        client: OpenRouterClient,
+        *,
+        slot: Any = None,
+        keepalive_interval: float = 5.0,
+        config: dict[str, Any] | None = None,
+        catalog: ModelCatalog | None = None,
+        recorded: list[UsageRecorded] | None = None,
+    ) -> ChatServices:
+        raw = {"retry": {"max_retries": 0}, **(config or {})}
+        routing = Routing(
+            RoutingConfig.model_validate(raw),
+            {"openrouter": client.provider},
+            "openrouter",
+        )
+        breakers = Breakers(routing.config.breaker)
+
+        async def no_models() -> dict[str, Any]:
+            raise UpstreamUnreachableError("no catalog in this test")
+
+        catalog = catalog or ModelCatalog(
+            no_models, cache_path=None, refresh_interval=60, fetch_timeout=1
+        )
+        sink = recorded if recorded is not None else []
+        return ChatServices(
+            planner=Planner(routing, catalog, breakers),
+            clients={"openrouter": client},
+            breakers=breakers,
+            retry=routing.config.retry,
+            record_usage=sink.append,
+            slot=slot or asyncio.Semaphore(1),
+            keepalive_interval=keepalive_interval,
         )
 
     return make

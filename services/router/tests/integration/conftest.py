@@ -11,6 +11,7 @@ from typing import Any
 
 import nats
 import pytest
+import yaml
 from nats.aio.client import Client
 from tests.support.openrouter_emulator import EmulatorServer, OpenRouterEmulator
 from tests.support.servers import ManagedProcess, start_nats
@@ -24,8 +25,8 @@ from ._support import UPSTREAM_KEY, Exchange, wait_for_router
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[ManagedProcess]:
-    """An isolated nats-server on a free loopback port."""
-    server = start_nats(tmp_path, jetstream=False)
+    """An isolated nats-server (JetStream on) on a free loopback port."""
+    server = start_nats(tmp_path, jetstream=True)
     try:
         yield server
     finally:
@@ -71,23 +72,36 @@ def router_settings(
     return make
 
 
+NO_RETRIES: dict[str, Any] = {"retry": {"max_retries": 0}}
+"""The routing config of tests that look at single upstream attempts."""
+
+
 @pytest.fixture
 async def start_router(
-    router_settings: Callable[..., RouterSettings], nc: Client
+    router_settings: Callable[..., RouterSettings],
+    nc: Client,
+    emulator: EmulatorServer,
+    tmp_path: Path,
 ) -> AsyncIterator[Callable[..., Any]]:
-    """Start a router in-process (``await start_router(**settings)``); stopped at teardown.
+    """Start a router in-process (``await start_router(config=..., **settings)``); stopped
+    at teardown. ``config`` is the routing config (written as YAML; default: no retries).
 
-    Returns once the router answers a ping on the test's own connection: right after
-    subscribing, a connection's first publish can still meet "no responders".
+    Returns once the router answers a ping on the test's own connection (right after
+    subscribing, a connection's first publish can still meet "no responders"), with the
+    emulator's record of calls cleared (the catalog fetch at start is not a test's call).
     """
     async with AsyncExitStack() as stack:
 
-        async def start(**overrides: Any) -> RouterService:
+        async def start(config: dict[str, Any] | None = None, **overrides: Any) -> RouterService:
+            path = tmp_path / f"routing-{uuid.uuid4().hex[:6]}.yaml"
+            path.write_text(yaml.safe_dump(NO_RETRIES if config is None else config))
+            overrides.setdefault("switchboard_config", path)
             service = RouterService(
                 router_settings(**overrides), instance_id=f"router-{uuid.uuid4().hex[:6]}"
             )
             await stack.enter_async_context(service.running())
             await wait_for_router(nc)
+            emulator.emulator.clear_calls()
             return service
 
         yield start

@@ -47,7 +47,8 @@ async def test_non_streamed(exchange: Any, emulator: EmulatorServer) -> None:
     assert completion["choices"][0]["message"]["content"] == "Echo: Hello there"
     end = finished(frames)
     assert end.request_id == ex.envelope.request_id
-    assert (end.served_model, end.provider, end.chunks) == (MODEL, "OpenAI", 0)
+    assert (end.served_model, end.provider, end.chunks) == (MODEL, "openrouter", 0)
+    assert end.upstream_provider == "OpenAI"
     assert end.usage is not None
     assert end.usage.model_dump(exclude={"v"}) == {
         "prompt_tokens": completion["usage"]["prompt_tokens"],

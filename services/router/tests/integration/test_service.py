@@ -32,7 +32,7 @@ async def test_ping(start_router: Any, nc: Any) -> None:
 async def test_models_in_openai_shape_and_cached(
     start_router: Any, nc: Any, emulator: EmulatorServer
 ) -> None:
-    await start_router(router_models_cache_ttl=60)
+    await start_router()
     frames = [
         decode_frame((await nc.request(subjects.MODELS_LIST, b"", timeout=2)).data)
         for _ in range(3)
@@ -48,7 +48,8 @@ async def test_models_in_openai_shape_and_cached(
         "created": 1_721_260_800,
         "owned_by": "openai",
     }
-    assert len([call for call in emulator.calls if call.path.endswith("/models")]) == 1
+    # Answered from the catalog fetched at start: no call per request.
+    assert [call for call in emulator.calls if call.path.endswith("/models")] == []
 
 
 async def test_models_when_the_upstream_is_unreachable(start_router: Any, nc: Any) -> None:
@@ -56,7 +57,7 @@ async def test_models_when_the_upstream_is_unreachable(start_router: Any, nc: An
     frame = decode_frame((await nc.request(subjects.MODELS_LIST, b"", timeout=5)).data)
     assert frame.kind is FrameKind.ERROR
     error = CompletionFailed.model_validate_json(frame.body)
-    assert (error.status, error.error.code) == (502, "upstream_unreachable")
+    assert (error.status, error.error.code) == (502, "catalog_unavailable")
 
 
 async def test_rejected_upstream_key_is_reported_without_leaking(
@@ -123,7 +124,7 @@ async def test_stop_after_the_grace_period_tells_the_client(
     error = CompletionFailed.model_validate_json(frames[-1].body)
     assert (error.status, error.error.code, error.chunks) == (503, "router_shutdown", 1)
     await asyncio.wait_for(running, 5)
-    (call,) = emulator.calls
+    (call,) = [call for call in emulator.calls if call.path.endswith("/chat/completions")]
     async with asyncio.timeout(3):
         await call.wait_async()
     assert call.disconnected
@@ -185,3 +186,20 @@ def test_entry_point_refuses_bad_settings(tmp_path: Path) -> None:
     line = orjson.loads(stderr.splitlines()[-1])
     assert line["event"] == "settings.invalid"
     assert line["errors"][0]["loc"] == ["router_max_in_flight"]
+
+
+def test_entry_point_refuses_a_bad_routing_config(tmp_path: Path) -> None:
+    config = tmp_path / "routing.yaml"
+    config.write_text(
+        "tiers:\n  premium: []\n  gold: [a/b]\nproviders:\n  x: {base_url: ftp://x}\n"
+    )
+    proc = _router_process(
+        tmp_path, {"SWITCHBOARD_CONFIG": str(config), "OPENROUTER_API_KEY": "sk-or-v1-x"}
+    )
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    text = stderr.decode()
+    assert "switchboard-router: " in text
+    assert "invalid routing config" in text
+    assert "tiers: Value error, unknown tier(s) ['gold']" in text
+    assert "providers.x.base_url" in text

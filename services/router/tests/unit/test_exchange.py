@@ -81,7 +81,9 @@ class Upstream:
 
 
 @pytest.fixture
-def run(fake_nats: Any, make_settings: Callable[..., Any]) -> Callable[..., Any]:
+def run(
+    fake_nats: Any, make_settings: Callable[..., Any], make_services: Callable[..., Any]
+) -> Callable[..., Any]:
     """Serve one envelope against ``upstream``; returns the reply (frames in fake_nats)."""
 
     async def run_exchange(
@@ -99,9 +101,7 @@ def run(fake_nats: Any, make_settings: Callable[..., Any]) -> Callable[..., Any]
                 serve_chat(
                     envelope,
                     reply,
-                    client,
-                    slot=slot or asyncio.Semaphore(1),
-                    keepalive_interval=keepalive_interval,
+                    make_services(client, slot=slot, keepalive_interval=keepalive_interval),
                 )
             )
             return reply
@@ -178,10 +178,11 @@ async def test_non_streamed(run: Any, fake_nats: Any, make_envelope: Any) -> Non
     assert end.request_id == envelope.request_id
     assert (end.served_model, end.provider, end.cost_usd, end.chunks) == (
         MODEL,
-        "OpenAI",
+        "openrouter",
         0.0005,
         0,
     )
+    assert (end.upstream_provider, end.cost_source) == ("OpenAI", "upstream")
     assert end.usage is not None
     assert (end.usage.cached_tokens, end.usage.reasoning_tokens, end.usage.total_tokens) == (
         4,
@@ -366,7 +367,7 @@ async def test_waiting_for_a_slot_counts_against_the_deadline(
 
 
 async def test_client_cancel_publishes_nothing_more(
-    fake_nats: Any, make_settings: Any, make_envelope: Any
+    fake_nats: Any, make_settings: Any, make_envelope: Any, make_services: Any
 ) -> None:
     closed = asyncio.Event()
 
@@ -388,7 +389,7 @@ async def test_client_cancel_publishes_nothing_more(
     ) as client:
         reply = Reply(fake_nats, "inbox", envelope.request_id)
         task = asyncio.create_task(
-            serve_chat(envelope, reply, client, slot=asyncio.Semaphore(1), keepalive_interval=0.05)
+            serve_chat(envelope, reply, make_services(client, keepalive_interval=0.05))
         )
         while reply.chunks == 0:  # noqa: ASYNC110 - polling a plain counter
             await asyncio.sleep(0.01)
@@ -402,7 +403,7 @@ async def test_client_cancel_publishes_nothing_more(
 
 
 async def test_shutdown_cancel_tells_the_client(
-    fake_nats: Any, make_settings: Any, make_envelope: Any
+    fake_nats: Any, make_settings: Any, make_envelope: Any, make_services: Any
 ) -> None:
     async def hang(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(10)
@@ -414,7 +415,7 @@ async def test_shutdown_cancel_tells_the_client(
     ) as client:
         reply = Reply(fake_nats, "inbox", envelope.request_id)
         task = asyncio.create_task(
-            serve_chat(envelope, reply, client, slot=asyncio.Semaphore(1), keepalive_interval=5)
+            serve_chat(envelope, reply, make_services(client, keepalive_interval=5))
         )
         await asyncio.sleep(0.05)
         task.cancel()
@@ -427,7 +428,9 @@ async def test_shutdown_cancel_tells_the_client(
 # ------------------------------------------------------------------------------ our faults
 
 
-async def test_lost_reply_ends_quietly(make_settings: Any, make_envelope: Any) -> None:
+async def test_lost_reply_ends_quietly(
+    make_settings: Any, make_envelope: Any, make_services: Any
+) -> None:
     from nats.errors import OutboundBufferLimitError
 
     class Full:
@@ -442,12 +445,12 @@ async def test_lost_reply_ends_quietly(make_settings: Any, make_envelope: Any) -
         make_settings(), transport=httpx.MockTransport(handler)
     ) as client:
         reply = Reply(Full(), "inbox", envelope.request_id)  # type: ignore[arg-type]
-        await serve_chat(envelope, reply, client, slot=asyncio.Semaphore(1), keepalive_interval=5)
+        await serve_chat(envelope, reply, make_services(client, keepalive_interval=5))
         failing = Upstream(lambda _body: httpx.Response(500))
         async with OpenRouterClient.open(
             make_settings(), transport=httpx.MockTransport(failing.handler)
         ) as bad:
-            await serve_chat(envelope, reply, bad, slot=asyncio.Semaphore(1), keepalive_interval=5)
+            await serve_chat(envelope, reply, make_services(bad, keepalive_interval=5))
 
 
 async def test_a_bug_still_ends_the_exchange(run: Any, fake_nats: Any, make_envelope: Any) -> None:

@@ -26,7 +26,9 @@ def _redact_secrets(
 ) -> MutableMapping[str, Any]:
     for key in event:
         lowered = key.lower()
-        if any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(("_id", "_tokens")):
+        if any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(
+            ("_id", "_tokens")
+        ):
             event[key] = REDACTED
     return event
 

@@ -13,6 +13,7 @@ import sys
 from pydantic import ValidationError
 
 from switchboard.common.logs import configure_logging, get_logger
+from switchboard.router.config import ConfigError, Routing, load_routing
 from switchboard.router.service import RouterService
 from switchboard.router.settings import RouterSettings
 
@@ -25,7 +26,7 @@ log = get_logger(__name__)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def run(settings: RouterSettings) -> None:
+async def run(settings: RouterSettings, routing: Routing | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -37,7 +38,7 @@ async def run(settings: RouterSettings) -> None:
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await RouterService(settings).run(stop)
+        await RouterService(settings, routing=routing).run(stop)
     finally:
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
@@ -55,7 +56,15 @@ def main() -> None:
         )
         sys.exit(2)
     configure_logging(SERVICE, settings.log_level)
-    asyncio.run(run(settings))
+    try:
+        routing = load_routing(settings)
+    except ConfigError as exc:
+        log.error(  # noqa: TRY400 - the message says it all; a traceback would not help
+            "config.invalid", path=str(settings.switchboard_config), error=str(exc)
+        )
+        print(f"switchboard-router: {exc}", file=sys.stderr)
+        sys.exit(2)
+    asyncio.run(run(settings, routing))
 
 
 if __name__ == "__main__":

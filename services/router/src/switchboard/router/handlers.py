@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from nats.aio.msg import Msg
@@ -12,14 +12,17 @@ from pydantic import ValidationError
 
 from switchboard.common import subjects
 from switchboard.common.bus import NATS
-from switchboard.common.errors import GatewayError, InvalidRequestError
+from switchboard.common.errors import GatewayError, InvalidRequestError, UpstreamError
 from switchboard.common.logs import get_logger
-from switchboard.common.wire import ChatRequest, FrameKind, RouterPong, encode_frame
+from switchboard.common.wire import ChatRequest, FrameKind, RouterHealth, RouterPong, encode_frame
 from switchboard.router.catalog import ModelCatalog
-from switchboard.router.exchange import serve_chat
+from switchboard.router.config import Routing
+from switchboard.router.exchange import ChatServices, serve_chat
 from switchboard.router.inflight import InFlight
-from switchboard.router.openrouter.client import OpenRouterClient
+from switchboard.router.ledger import CLIENT_CLOSED, Ledger, rejected_event
+from switchboard.router.listing import model_list
 from switchboard.router.openrouter.errors import UpstreamCallError
+from switchboard.router.publisher import UsagePublisher
 from switchboard.router.reply import Reply, reply_failure
 
 __all__ = ["BadEnvelopeError", "Handlers", "decode_chat_request"]
@@ -88,18 +91,20 @@ class Handlers:
         self,
         nc: NATS,
         *,
-        upstream: OpenRouterClient,
+        services: ChatServices,
         inflight: InFlight,
         catalog: ModelCatalog,
+        routing: Routing,
+        usage: UsagePublisher,
         instance_id: str,
-        keepalive_interval: float,
     ) -> None:
         self._nc = nc
-        self._upstream = upstream
+        self._services = services
         self._inflight = inflight
         self._catalog = catalog
-        self._pong = RouterPong(instance_id=instance_id).model_dump_json().encode()
-        self._keepalive_interval = keepalive_interval
+        self._routing = routing
+        self._usage = usage
+        self._instance_id = instance_id
 
     async def chat_request(self, msg: Msg) -> None:
         """``CHAT_REQUEST``: start serving it in a task of its own and return at once."""
@@ -113,23 +118,21 @@ class Handlers:
             log.warning(
                 "chat.rejected", request_id=request_id, status=error.status, code=error.code
             )
+            if request_id:
+                self._usage.record(rejected_event(msg.data, request_id, error))
             await self._respond(
                 msg, encode_frame(FrameKind.ERROR, reply_failure(request_id, error))
             )
             return
         if self._inflight.cancelled_already(envelope.request_id):
             log.info("chat.cancelled_before_start", request_id=envelope.request_id)
+            ledger = Ledger(envelope, text=self._services.usage_text)
+            self._usage.record(ledger.event("cancelled", CLIENT_CLOSED))
             return
         reply = Reply(self._nc, msg.reply, envelope.request_id)
 
         def serve(reply: Reply) -> Coroutine[Any, Any, None]:
-            return serve_chat(
-                envelope,
-                reply,
-                self._upstream,
-                slot=self._inflight.slot,
-                keepalive_interval=self._keepalive_interval,
-            )
+            return serve_chat(envelope, reply, self._services)
 
         if self._inflight.spawn(reply, serve) is None:
             # A second delivery of a request already served here: answering it would
@@ -145,18 +148,46 @@ class Handlers:
     async def models_list(self, msg: Msg) -> None:
         """``MODELS_LIST``: one ``r`` frame with OpenAI's model list, or an ``e`` frame."""
         try:
-            frame = encode_frame(FrameKind.RESPONSE, await self._catalog.body())
-        except UpstreamCallError as exc:
-            error = self._upstream.to_gateway_error(exc)
-            log.warning(
-                "models.failed", status=error.status, code=error.code, failure=type(exc).__name__
+            await self._catalog.ensure()
+            frame = encode_frame(FrameKind.RESPONSE, model_list(self._catalog, self._routing))
+        except (UpstreamCallError, TimeoutError) as exc:
+            error = UpstreamError(
+                "The model catalog is unavailable: the upstream's model list cannot be "
+                "fetched and no copy is kept.",
+                code="catalog_unavailable",
             )
+            log.warning("models.failed", status=error.status, failure=type(exc).__name__)
             frame = encode_frame(FrameKind.ERROR, reply_failure("", error))
         await self._respond(msg, frame)
 
+    @property
+    def degraded(self) -> bool:
+        """Serving without a catalog, or with usage events not reaching JetStream."""
+        return not self._catalog.loaded or not self._usage.healthy
+
     async def ping(self, msg: Msg) -> None:
         """``ROUTER_PING``: :class:`RouterPong` JSON (not a frame)."""
-        await self._respond(msg, self._pong)
+        pong = RouterPong(instance_id=self._instance_id, status=self._status())
+        await self._respond(msg, pong.model_dump_json().encode())
+
+    async def health(self, msg: Msg) -> None:
+        """``ROUTER_HEALTH``: :class:`RouterHealth` JSON (not a frame)."""
+        catalog = self._catalog
+        report = RouterHealth(
+            instance_id=self._instance_id,
+            status=self._status(),
+            catalog=catalog.status,
+            catalog_models=len(catalog.models),
+            catalog_fetched_at=catalog.fetched_at,
+            in_flight=len(self._inflight),
+            usage_backlog=self._usage.backlog,
+            usage_dropped=self._usage.dropped,
+            breakers=self._services.breakers.snapshots(),
+        )
+        await self._respond(msg, report.model_dump_json().encode())
+
+    def _status(self) -> Literal["ok", "degraded"]:
+        return "degraded" if self.degraded else "ok"
 
     async def _respond(self, msg: Msg, data: bytes) -> None:
         if not msg.reply:

@@ -16,7 +16,13 @@ from nats.errors import Error as NatsError
 
 from switchboard.common.bus import NATS
 from switchboard.common.errors import GatewayError
-from switchboard.common.wire import CompletionFailed, CompletionFinished, FrameKind, encode_frame
+from switchboard.common.wire import (
+    CompletionFailed,
+    CompletionFinished,
+    CompletionStarted,
+    FrameKind,
+    encode_frame,
+)
 
 __all__ = ["Reply", "ReplyLostError", "keepalive", "reply_failure"]
 
@@ -25,7 +31,15 @@ class ReplyLostError(Exception):
     """A frame could not be handed to NATS; nobody will read the rest of the answer."""
 
 
-def reply_failure(request_id: str, error: GatewayError, *, chunks: int = 0) -> CompletionFailed:
+def reply_failure(
+    request_id: str,
+    error: GatewayError,
+    *,
+    chunks: int = 0,
+    model: str | None = None,
+    fallbacks: int = 0,
+    retries: int = 0,
+) -> CompletionFailed:
     """The ``e`` frame body for ``error``."""
     return CompletionFailed(
         request_id=request_id,
@@ -33,6 +47,9 @@ def reply_failure(request_id: str, error: GatewayError, *, chunks: int = 0) -> C
         error=error.detail,
         retry_after=error.retry_after,
         chunks=chunks,
+        model=model,
+        fallbacks=fallbacks,
+        retries=retries,
     )
 
 
@@ -49,6 +66,7 @@ class Reply:
         """Loop time of the last frame published (or of the start)."""
         self._ended = False
         self._silenced = False
+        self._output = False
 
     @property
     def open(self) -> bool:
@@ -59,6 +77,11 @@ class Reply:
     def silenced(self) -> bool:
         """The client went away; nothing more is published."""
         return self._silenced
+
+    @property
+    def output_started(self) -> bool:
+        """A ``c`` or ``r`` frame was published: the answer can no longer be retried."""
+        return self._output
 
     def silence(self) -> None:
         """Publish nothing more: the client is gone."""
@@ -75,12 +98,18 @@ class Reply:
 
     async def chunk(self, raw: bytes) -> None:
         """One stream chunk, its JSON bytes as received."""
+        self._output = True
         await self._publish(FrameKind.CHUNK, raw)
         self.chunks += 1
 
     async def response(self, raw: bytes) -> None:
         """A whole completion, its JSON bytes as received."""
+        self._output = True
         await self._publish(FrameKind.RESPONSE, raw)
+
+    async def started(self, started: CompletionStarted) -> None:
+        """Who serves the answer; right before its first ``c`` or ``r`` frame."""
+        await self._publish(FrameKind.STARTED, started.model_dump_json().encode())
 
     async def keepalive(self) -> None:
         """Tell the edge this exchange is still being worked on."""
@@ -91,9 +120,18 @@ class Reply:
         await self._publish(FrameKind.END, finished.model_dump_json().encode())
         self._ended = True
 
-    async def fail(self, error: GatewayError) -> None:
+    async def fail(
+        self, error: GatewayError, *, model: str | None = None, fallbacks: int = 0, retries: int = 0
+    ) -> None:
         """End the exchange with ``error``."""
-        body = reply_failure(self.request_id, error, chunks=self.chunks)
+        body = reply_failure(
+            self.request_id,
+            error,
+            chunks=self.chunks,
+            model=model,
+            fallbacks=fallbacks,
+            retries=retries,
+        )
         await self._publish(FrameKind.ERROR, body.model_dump_json().encode())
         self._ended = True
 

@@ -14,11 +14,17 @@ from nats.errors import Error as NatsError
 from switchboard.common import subjects
 from switchboard.common.bus import NATS, nats_connection
 from switchboard.common.logs import get_logger
+from switchboard.router.breaker import Breakers
 from switchboard.router.catalog import ModelCatalog
+from switchboard.router.config import Routing, load_routing
+from switchboard.router.exchange import ChatServices
 from switchboard.router.handlers import Handlers
 from switchboard.router.inflight import InFlight
-from switchboard.router.openrouter.client import OpenRouterClient
+from switchboard.router.openrouter.client import OpenRouterClient, open_pool
+from switchboard.router.publisher import UsagePublisher
+from switchboard.router.routing import Planner
 from switchboard.router.settings import RouterSettings
+from switchboard.router.transcript import TextPolicy
 
 __all__ = ["RouterService"]
 
@@ -35,14 +41,29 @@ class RouterService:
 
     ``async with service.running():`` serves until the block ends, then stops taking new
     requests, lets in-flight ones finish (at most ``NATS_DRAIN_TIMEOUT`` s; the rest end
-    with a 503 ``e`` frame), drains NATS and closes the upstream connection pool.
+    with a 503 ``e`` frame), publishes the usage events still queued (within the same
+    grace), drains NATS and closes the upstream connection pool.
     """
 
-    def __init__(self, settings: RouterSettings, *, instance_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        routing: Routing | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        """``routing`` defaults to :func:`load_routing` (raises :class:`ConfigError`)."""
         self.settings = settings
+        self.routing = routing or load_routing(settings)
         self.instance_id = instance_id or _default_instance_id()
         self.inflight = InFlight(settings.router_max_in_flight)
         """The chat completions being served right now."""
+        self.breakers = Breakers(self.routing.config.breaker)
+        """The circuit breakers of this replica."""
+        self.catalog: ModelCatalog | None = None
+        """The model catalog, while running."""
+        self.usage: UsagePublisher | None = None
+        """The usage event publisher, while running."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully."""
@@ -52,30 +73,62 @@ class RouterService:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RouterService]:
         """Serve while the block runs."""
-        settings = self.settings
+        settings, routing = self.settings, self.routing
         async with (
-            OpenRouterClient.open(settings) as upstream,
+            open_pool(settings) as http,
             nats_connection(settings, name=f"switchboard-router/{self.instance_id}") as nc,
         ):
+            clients = {
+                name: OpenRouterClient(
+                    http, provider, connect_timeout=settings.router_upstream_connect_timeout
+                )
+                for name, provider in routing.providers.items()
+            }
+            catalog = self.catalog = ModelCatalog(
+                clients[routing.catalog_provider].list_models,
+                cache_path=settings.catalog_cache_path,
+                refresh_interval=settings.router_catalog_refresh_interval,
+                fetch_timeout=settings.router_catalog_fetch_timeout,
+            )
+            usage = self.usage = UsagePublisher(nc, settings)
+            await asyncio.gather(catalog.start(), usage.start())
+            services = ChatServices(
+                planner=Planner(routing, catalog, self.breakers),
+                clients=clients,
+                breakers=self.breakers,
+                retry=routing.config.retry,
+                record_usage=usage.record,
+                slot=self.inflight.slot,
+                keepalive_interval=settings.router_keepalive_interval,
+                usage_text=TextPolicy(
+                    settings.router_usage_privacy_mode, settings.router_usage_max_text_bytes
+                ),
+            )
             handlers = Handlers(
                 nc,
-                upstream=upstream,
+                services=services,
                 inflight=self.inflight,
-                catalog=ModelCatalog(upstream.list_models, ttl=settings.router_models_cache_ttl),
+                catalog=catalog,
+                routing=routing,
+                usage=usage,
                 instance_id=self.instance_id,
-                keepalive_interval=settings.router_keepalive_interval,
             )
             intake = await self._subscribe(nc, handlers)
             log.info(
                 "router.started",
                 instance_id=self.instance_id,
-                upstream=settings.openrouter_base_url,
+                providers={name: p.base_url for name, p in routing.providers.items()},
+                catalog=catalog.status,
+                aliases=sorted(routing.aliases),
                 max_in_flight=settings.router_max_in_flight,
+                usage_privacy_mode=settings.router_usage_privacy_mode,
             )
             try:
                 yield self
             finally:
                 await self._stop(intake)
+                await catalog.stop()
+                await usage.close(grace=settings.nats_drain_timeout)
 
     @staticmethod
     async def _subscribe(nc: NATS, handlers: Handlers) -> list[Subscription]:
@@ -84,6 +137,7 @@ class RouterService:
             await nc.subscribe(subjects.CHAT_REQUEST, queue=queue, cb=handlers.chat_request),
             await nc.subscribe(subjects.MODELS_LIST, queue=queue, cb=handlers.models_list),
             await nc.subscribe(subjects.ROUTER_PING, queue=queue, cb=handlers.ping),
+            await nc.subscribe(subjects.ROUTER_HEALTH, queue=queue, cb=handlers.health),
         ]
         # Every replica hears every cancel; only the one serving the request acts on it.
         # It stays subscribed until NATS is drained, so cancels reach draining exchanges.

@@ -16,6 +16,7 @@ import orjson
 from httpx_sse import EventSource, SSEError
 
 from switchboard.common.errors import GatewayError
+from switchboard.router.config import Provider
 from switchboard.router.openrouter.errors import (
     UpstreamBusyError,
     UpstreamCallError,
@@ -30,7 +31,7 @@ from switchboard.router.openrouter.payloads import UpstreamObject, parse_object
 from switchboard.router.openrouter.sse import parse_stream
 from switchboard.router.settings import RouterSettings
 
-__all__ = ["OpenRouterClient"]
+__all__ = ["OpenRouterClient", "default_provider", "open_pool"]
 
 _JSON = "application/json"
 # Idle pooled connections are dropped before typical load balancers (60 s) drop them.
@@ -54,66 +55,109 @@ def _translated() -> Iterator[None]:
         raise UpstreamProtocolError(type(exc).__name__) from exc
 
 
-class OpenRouterClient:
-    """Chat completions and the model list from one upstream, over a pooled connection."""
+@asynccontextmanager
+async def open_pool(
+    settings: RouterSettings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The process's one pooled HTTP client, shared by every provider; closed on exit."""
+    connect = settings.router_upstream_connect_timeout
+    read = settings.router_upstream_read_timeout
+    http = httpx.AsyncClient(
+        headers={"Accept": _JSON},
+        timeout=httpx.Timeout(connect=connect, read=read, write=read, pool=connect),
+        limits=httpx.Limits(
+            max_connections=settings.router_max_connections,
+            max_keepalive_connections=settings.router_max_connections,
+            keepalive_expiry=_KEEPALIVE_EXPIRY,
+        ),
+        transport=transport,
+    )
+    async with http:
+        yield http
 
-    def __init__(self, http: httpx.AsyncClient, *, api_key: str | None = None) -> None:
+
+def default_provider(settings: RouterSettings) -> Provider:
+    """The ``openrouter`` provider from the ``OPENROUTER_*`` settings alone."""
+    secret = settings.openrouter_api_key
+    headers = {}
+    if settings.openrouter_http_referer:
+        headers["HTTP-Referer"] = settings.openrouter_http_referer
+    if settings.openrouter_app_title:
+        headers["X-Title"] = settings.openrouter_app_title
+    return Provider(
+        "openrouter",
+        settings.openrouter_base_url.rstrip("/"),
+        secret.get_secret_value() if secret else None,
+        headers,
+    )
+
+
+class OpenRouterClient:
+    """Chat completions and the model list from one provider, over the shared pool."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, provider: Provider, *, connect_timeout: float = 5.0
+    ) -> None:
         self._http = http
-        self._secrets = (api_key,) if api_key else ()
+        self.provider = provider
+        self._base_url = provider.base_url.rstrip("/")
+        self._headers = dict(provider.headers)
+        if provider.api_key:
+            self._headers["Authorization"] = f"Bearer {provider.api_key}"
+        self._secrets = (provider.api_key,) if provider.api_key else ()
+        self._connect_timeout = connect_timeout
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, settings: RouterSettings, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> AsyncIterator[Self]:
-        """A client with its own connection pool, closed when the block ends."""
-        secret = settings.openrouter_api_key
-        api_key = secret.get_secret_value() if secret else None
-        headers = {"Accept": _JSON}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        if settings.openrouter_http_referer:
-            headers["HTTP-Referer"] = settings.openrouter_http_referer
-        if settings.openrouter_app_title:
-            headers["X-Title"] = settings.openrouter_app_title
-        connect = settings.router_upstream_connect_timeout
-        read = settings.router_upstream_read_timeout
-        http = httpx.AsyncClient(
-            base_url=settings.openrouter_base_url + "/",
-            headers=headers,
-            timeout=httpx.Timeout(connect=connect, read=read, write=read, pool=connect),
-            limits=httpx.Limits(
-                max_connections=settings.router_max_connections,
-                max_keepalive_connections=settings.router_max_connections,
-                keepalive_expiry=_KEEPALIVE_EXPIRY,
-            ),
-            transport=transport,
-        )
-        async with http:
-            yield cls(http, api_key=api_key)
+        """A client of the ``OPENROUTER_*`` upstream with a pool of its own (tests, tools)."""
+        async with open_pool(settings, transport=transport) as http:
+            yield cls(
+                http,
+                default_provider(settings),
+                connect_timeout=settings.router_upstream_connect_timeout,
+            )
+
+    def _timeout(self, read: float | None) -> httpx.Timeout:
+        if read is None:
+            return self._http.timeout
+        connect = self._connect_timeout
+        return httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
 
     def to_gateway_error(self, exc: UpstreamCallError) -> GatewayError:
         """What the client is told about ``exc``; never contains the API key."""
         return to_gateway_error(exc, secrets=self._secrets)
 
-    async def complete(self, body: dict[str, Any]) -> UpstreamObject:
-        """One non-streamed chat completion, its JSON body as received."""
+    async def complete(
+        self, body: dict[str, Any], *, timeout: float | None = None
+    ) -> UpstreamObject:
+        """One non-streamed chat completion, its JSON body as received; ``timeout``
+        overrides the read timeout."""
         with _translated():
             response = await self._http.post(
-                "chat/completions", content=orjson.dumps(body), headers={"Content-Type": _JSON}
+                f"{self._base_url}/chat/completions",
+                content=orjson.dumps(body),
+                headers={**self._headers, "Content-Type": _JSON},
+                timeout=self._timeout(timeout),
             )
         _raise_for_status(response, body)
         return parse_object(response.content)
 
     @asynccontextmanager
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[UpstreamObject]]:
+    async def stream(
+        self, body: dict[str, Any], *, timeout: float | None = None
+    ) -> AsyncIterator[AsyncIterator[UpstreamObject]]:
         """A streamed chat completion as its chunks; leaving the block closes the connection."""
         with _translated():
             async with self._http.stream(
                 "POST",
-                "chat/completions",
+                f"{self._base_url}/chat/completions",
                 content=orjson.dumps(body),
+                timeout=self._timeout(timeout),
                 headers={
+                    **self._headers,
                     "Content-Type": _JSON,
                     "Accept": "text/event-stream",
                     "Cache-Control": "no-store",
@@ -128,7 +172,7 @@ class OpenRouterClient:
     async def list_models(self) -> dict[str, Any]:
         """The upstream's ``GET /models`` body, parsed."""
         with _translated():
-            response = await self._http.get("models")
+            response = await self._http.get(f"{self._base_url}/models", headers=self._headers)
         _raise_for_status(response, None)
         try:
             data = orjson.loads(response.content)

@@ -48,6 +48,7 @@ __all__ = [
     "UpstreamReportedError",
     "UpstreamTimeoutError",
     "UpstreamUnreachableError",
+    "is_moderation",
     "retry_after_seconds",
     "to_gateway_error",
 ]
@@ -158,7 +159,8 @@ def _upstream_message(exc: UpstreamHTTPError) -> str | None:
     return message if isinstance(message, str) and message.strip() else None
 
 
-def _is_moderation(exc: UpstreamHTTPError) -> bool:
+def is_moderation(exc: UpstreamHTTPError) -> bool:
+    """A 403 for flagged input (not for our credentials)."""
     # OpenRouter answers 403 both for a bad key and for input its moderation flagged;
     # only the latter carries ``metadata.reasons``.
     metadata = exc.error_object.get("metadata")
@@ -175,7 +177,7 @@ def _from_http(exc: UpstreamHTTPError, secrets: Iterable[str]) -> GatewayError: 
         if "context length" in message.lower():
             return ContextLengthExceededError(message)
         return InvalidRequestError(message)
-    if status == 403 and _is_moderation(exc):
+    if status == 403 and is_moderation(exc):
         return InvalidRequestError(
             said or "The request was flagged by the provider's moderation.", code="content_flagged"
         )

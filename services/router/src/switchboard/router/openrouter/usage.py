@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from switchboard.common.wire import CompletionFinished, TokenUsage
+from switchboard.common.wire import TokenUsage
 
-__all__ = ["DEFAULT_PROVIDER", "UpstreamReport", "token_usage"]
-
-DEFAULT_PROVIDER = "openrouter"
+__all__ = ["UpstreamReport", "token_usage"]
 
 
 def _count(container: object, name: str) -> int:
@@ -37,11 +35,19 @@ def token_usage(usage: dict[str, Any]) -> TokenUsage:
     )
 
 
-def _cost(usage: dict[str, Any]) -> float | None:
-    cost = usage.get("cost")
-    if isinstance(cost, bool) or not isinstance(cost, int | float):
+def _number(container: object, name: str) -> float | None:
+    value = container.get(name) if isinstance(container, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(cost)
+    return float(value)
+
+
+def _cost_split(usage: dict[str, Any]) -> tuple[float, float] | None:
+    """OpenRouter's ``usage.cost_details``: the prompt and completion costs, if both given."""
+    details = usage.get("cost_details")
+    prompt = _number(details, "upstream_inference_prompt_cost")
+    completion = _number(details, "upstream_inference_completions_cost")
+    return None if prompt is None or completion is None else (prompt, completion)
 
 
 @dataclass
@@ -52,6 +58,8 @@ class UpstreamReport:
     provider: str | None = None
     usage: TokenUsage | None = None
     cost_usd: float | None = None
+    cost_split: tuple[float, float] | None = None
+    """The prompt and completion costs the upstream reported (``usage.cost_details``)."""
 
     def observe(self, data: dict[str, Any]) -> None:
         """Take note of one completion or chunk; later values win over earlier ones."""
@@ -64,15 +72,5 @@ class UpstreamReport:
         usage = data.get("usage")
         if isinstance(usage, dict):
             self.usage = token_usage(usage)
-            self.cost_usd = _cost(usage)
-
-    def finished(self, request_id: str, *, requested_model: str, chunks: int) -> CompletionFinished:
-        """The ``t`` frame for this exchange."""
-        return CompletionFinished(
-            request_id=request_id,
-            served_model=self.served_model or requested_model,
-            provider=self.provider or DEFAULT_PROVIDER,
-            usage=self.usage,
-            cost_usd=self.cost_usd,
-            chunks=chunks,
-        )
+            self.cost_usd = _number(usage, "cost")
+            self.cost_split = _cost_split(usage)

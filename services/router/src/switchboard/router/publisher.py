@@ -1,0 +1,178 @@
+"""Usage events to JetStream: in the background, de-duplicated, never in the client's way.
+
+:meth:`UsagePublisher.record` only queues an event (bounded, ``ROUTER_USAGE_QUEUE_SIZE``); a
+worker publishes the queue in order, each event with ``Nats-Msg-Id`` = its request id and
+awaiting JetStream's ack. A failed publish is retried with capped exponential backoff
+until it succeeds; the stream is (re)created when it is missing. An event is given up
+only when the queue overflows (the oldest goes) or the router stops with events still
+queued; each one given up is logged at error level *with its content* (``usage.dropped``),
+so it can be replayed from the logs: all of it but prompt and answer text
+(``input_messages``, ``output_choices``), which never goes to a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+from nats.errors import Error as NatsError
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NoStreamResponseError
+from nats.js.errors import NotFoundError as StreamNotFoundError
+
+from switchboard.common import subjects
+from switchboard.common.bus import NATS
+from switchboard.common.events import UsageRecorded
+from switchboard.common.logs import get_logger
+from switchboard.router.backoff import backoff_delay
+from switchboard.router.settings import RouterSettings
+
+__all__ = ["UsagePublisher", "usage_stream_config"]
+
+log = get_logger(__name__)
+
+_MSG_ID = "Nats-Msg-Id"
+_RETRY_BASE = 0.2
+_RETRY_CAP = 30.0
+_NEVER_LOGGED: set[str] = {"input_messages", "output_choices"}
+"""Prompt and answer text (privacy mode ``full``) stay out of logs, even of dropped events."""
+
+
+def usage_stream_config(settings: RouterSettings) -> StreamConfig:
+    """The usage stream as the settings describe it."""
+    return StreamConfig(
+        name=subjects.USAGE_STREAM,
+        description="Switchboard usage events (one per chat request), for metering and analytics",
+        subjects=[subjects.USAGE_STREAM_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=settings.router_usage_max_age,
+        max_bytes=settings.router_usage_max_bytes,
+        num_replicas=settings.router_usage_replicas,
+        duplicate_window=settings.router_usage_duplicate_window,
+    )
+
+
+class UsagePublisher:
+    """Queues usage events and publishes them to JetStream in the background."""
+
+    def __init__(self, nc: NATS, settings: RouterSettings) -> None:
+        self._js = nc.jetstream(timeout=settings.router_usage_publish_timeout)
+        self._config = usage_stream_config(settings)
+        self._queue: deque[UsageRecorded] = deque()
+        self._capacity = settings.router_usage_queue_size
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stream_ready = False
+        self.dropped = 0
+        """Events given up since start."""
+        self.published = 0
+        """Events JetStream acknowledged since start."""
+
+    @property
+    def backlog(self) -> int:
+        """Events waiting to be published."""
+        return len(self._queue)
+
+    @property
+    def healthy(self) -> bool:
+        """The stream exists and nothing is waiting for JetStream to come back."""
+        return self._stream_ready and not self._queue
+
+    async def start(self) -> None:
+        """Create (or update) the stream, then start publishing; never raises."""
+        await self._ensure_stream()
+        self._task = asyncio.get_running_loop().create_task(self._work(), name="usage-publisher")
+
+    def record(self, event: UsageRecorded) -> None:
+        """Queue ``event``; returns at once."""
+        self._queue.append(event)
+        if len(self._queue) > self._capacity:
+            self._drop(self._queue.popleft(), reason="queue_full")
+        self._wake.set()
+
+    async def close(self, *, grace: float) -> None:
+        """Publish what is queued within ``grace`` s, then give up the rest (logged)."""
+        if self._task is not None:
+            if self._queue:
+                self._flushed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await self._flushed.wait()
+            self._task.cancel()
+            await asyncio.wait([self._task])
+            self._task = None
+        while self._queue:
+            self._drop(self._queue.popleft(), reason="shutdown")
+
+    async def _ensure_stream(self) -> bool:
+        try:
+            try:
+                await self._js.add_stream(self._config)
+            except BadRequestError:
+                # It exists with another configuration: the settings win.
+                await self._js.update_stream(self._config)
+        except (NatsError, TimeoutError, OSError) as exc:
+            # Not an exception to trace: JetStream is down or disabled, the worker retries.
+            log.error(  # noqa: TRY400
+                "usage.stream_unavailable", error=type(exc).__name__, detail=str(exc)
+            )
+            self._stream_ready = False
+            return False
+        self._stream_ready = True
+        log.info("usage.stream_ready", stream=self._config.name)
+        return True
+
+    async def _work(self) -> None:
+        failures = 0
+        while True:
+            if not self._queue:
+                self._flushed.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            event = self._queue[0]
+            try:
+                await self._publish(event)
+            except (StreamNotFoundError, NoStreamResponseError) as exc:
+                failures += 1
+                log.warning("usage.no_stream", error=type(exc).__name__, backlog=self.backlog)
+                await self._ensure_stream()
+            except (NatsError, TimeoutError, OSError) as exc:
+                failures += 1
+                log.warning(
+                    "usage.publish_failed",
+                    error=type(exc).__name__,
+                    request_id=event.request_id,
+                    backlog=self.backlog,
+                    attempt=failures,
+                )
+            else:
+                failures = 0
+                if self._queue and self._queue[0] is event:
+                    self._queue.popleft()
+                continue
+            wait = backoff_delay(failures, base=_RETRY_BASE, cap=_RETRY_CAP)
+            await asyncio.sleep(max(wait, _RETRY_BASE / 2))  # never a busy loop
+
+    async def _publish(self, event: UsageRecorded) -> None:
+        ack = await self._js.publish(
+            subjects.USAGE_RECORDED,
+            event.model_dump_json().encode(),
+            headers={_MSG_ID: event.event_id},
+        )
+        self.published += 1
+        if ack.duplicate:
+            log.info("usage.duplicate", request_id=event.request_id)
+
+    def _drop(self, event: UsageRecorded, *, reason: str) -> None:
+        self.dropped += 1
+        log.error(
+            "usage.dropped",
+            reason=reason,
+            request_id=event.request_id,
+            usage_event=event.model_dump(mode="json", exclude=_NEVER_LOGGED),
+            text_omitted=event.input_messages is not None or event.output_choices is not None,
+        )

@@ -1,0 +1,121 @@
+"""The usage publisher's failure handling: retries, stream re-creation, bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
+
+from switchboard.common.events import UsageRecorded
+from switchboard.router.publisher import UsagePublisher, usage_stream_config
+
+
+class Ack:
+    def __init__(self, duplicate: bool) -> None:
+        self.duplicate = duplicate
+
+
+class StubJetStream:
+    """Scripted JetStream: each publish takes the next outcome (an exception or None)."""
+
+    def __init__(self, outcomes: list[BaseException | None], *, exists: bool = False) -> None:
+        self.outcomes = outcomes
+        self.exists = exists
+        self.published: list[tuple[str, bytes, dict[str, str]]] = []
+        self.added = self.updated = 0
+        self.stream_down = False
+
+    async def add_stream(self, _config: Any) -> None:
+        if self.stream_down:
+            raise ServiceUnavailableError
+        self.added += 1
+        if self.exists:
+            raise BadRequestError
+
+    async def update_stream(self, _config: Any) -> None:
+        self.updated += 1
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> Ack:
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is not None:
+            raise outcome
+        self.published.append((subject, payload, headers))
+        return Ack(duplicate=len(self.published) > 1 and headers == self.published[0][2])
+
+
+class StubNats:
+    def __init__(self, js: StubJetStream) -> None:
+        self.js = js
+
+    def jetstream(self, **_: Any) -> StubJetStream:
+        return self.js
+
+
+def event(request_id: str) -> UsageRecorded:
+    now = time.time()
+    return UsageRecorded(
+        event_id=request_id,
+        request_id=request_id,
+        key_id="k",
+        requested_model="m",
+        status="ok",
+        http_status=200,
+        latency_ms=1,
+        received_at=now,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+async def test_failures_are_retried_until_published(make_settings: Any) -> None:
+    js = StubJetStream([NatsTimeoutError(), NoStreamResponseError(), None, None])
+    publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
+    await publisher.start()
+    publisher.record(event("r1"))
+    publisher.record(event("r1"))  # a duplicate: JetStream says so, it is not an error
+    async with asyncio.timeout(5):
+        while publisher.backlog:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await publisher.close(grace=1)
+    assert [headers for _, _, headers in js.published] == [{"Nats-Msg-Id": "r1"}] * 2
+    assert js.added == 2, "the stream is created again when JetStream says it is missing"
+    assert (publisher.published, publisher.dropped, publisher.healthy) == (2, 0, True)
+
+
+async def test_an_existing_stream_is_updated_to_the_settings(make_settings: Any) -> None:
+    js = StubJetStream([], exists=True)
+    publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
+    await publisher.start()
+    await publisher.close(grace=1)
+    assert (js.added, js.updated) == (1, 1)
+
+
+async def test_overflow_and_shutdown_drop_loudly(
+    make_settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    js = StubJetStream([NatsTimeoutError()] * 1000)
+    js.stream_down = True
+    settings = make_settings(router_usage_queue_size=2)
+    publisher = UsagePublisher(StubNats(js), settings)  # type: ignore[arg-type]
+    await publisher.start()
+    assert not publisher.healthy
+    for number in range(3):
+        publisher.record(event(f"r{number}"))
+    assert (publisher.backlog, publisher.dropped) == (2, 1)
+    await publisher.close(grace=0.05)
+    assert (publisher.backlog, publisher.dropped) == (0, 3)
+    out = capsys.readouterr().out
+    assert out.count("usage.dropped") == 3
+    assert "queue_full" in out
+    assert "shutdown" in out
+
+
+def test_stream_config_from_settings(make_settings: Any) -> None:
+    config = usage_stream_config(make_settings(router_usage_max_age=60, router_usage_replicas=3))
+    assert config.name == "SWITCHBOARD_USAGE"
+    assert config.subjects == ["switchboard.v1.usage.>"]
+    assert (config.max_age, config.num_replicas, config.duplicate_window) == (60, 3, 300)
