@@ -71,3 +71,16 @@ def test_non_object_bodies(body: bytes) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         parse_chat_request(body, max_content_chars=10)
     assert caught.value.code == "invalid_type"
+
+
+def test_message_and_tool_counts_are_limited() -> None:
+    tool = {"type": "function", "function": {"name": "f"}}
+    body = _body(messages=[{"role": "user", "content": "x"}] * 3, tools=[tool] * 2)
+    assert parse_chat_request(body, max_content_chars=100, max_messages=3, max_tools=2)
+    with pytest.raises(InvalidRequestError) as messages:
+        parse_chat_request(body, max_content_chars=100, max_messages=2, max_tools=2)
+    assert (messages.value.param, messages.value.code) == ("messages", "array_above_max_length")
+    assert "maximum length 2" in messages.value.message
+    with pytest.raises(InvalidRequestError) as tools:
+        parse_chat_request(body, max_content_chars=100, max_messages=3, max_tools=1)
+    assert (tools.value.param, tools.value.code) == ("tools", "array_above_max_length")

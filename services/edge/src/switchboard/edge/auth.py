@@ -1,46 +1,45 @@
-"""Bearer authentication against the key store."""
+"""Bearer credentials: the API key of a request, and the admin token of the admin API."""
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
+import hmac
 
-from switchboard.common.errors import AuthenticationError, ServiceUnavailableError
-from switchboard.common.wire import KeyIdentity
-from switchboard.edge.keys import KeyStore
+from pydantic import SecretStr
 
-__all__ = ["authenticate"]
+from switchboard.common.errors import AuthenticationError
+
+__all__ = ["admin_token_matches", "bearer_secret"]
 
 _MISSING = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
-_INCORRECT = "Incorrect API key provided."
 
 
-def _bearer(authorization: str | None) -> str:
+def _token(authorization: str | None) -> str | None:
     if not authorization:
-        raise AuthenticationError(_MISSING, code=None)
+        return None
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def bearer_secret(authorization: str | None) -> str:
+    """The key in ``Authorization: Bearer <key>``, or OpenAI's 401 for a missing one.
+
+    No error ever repeats the presented key, not even a prefix of it.
+    """
+    token = _token(authorization)
+    if token is None:
         raise AuthenticationError(_MISSING, code=None)
     return token
 
 
-async def authenticate(store: KeyStore, authorization: str | None) -> KeyIdentity:
-    """The identity of the caller, or an OpenAI-shaped 401.
-
-    The error never repeats the presented key, not even a prefix of it.
-    """
-    secret = _bearer(authorization)
-    try:
-        record = await store.lookup(secret)
-    except (RedisError, OSError) as exc:
-        raise ServiceUnavailableError(
-            "API keys cannot be checked right now; try again shortly.", code="auth_unavailable"
-        ) from exc
-    if record is None:
-        raise AuthenticationError(_INCORRECT)
-    if record.status == "revoked":
-        raise AuthenticationError("This API key has been revoked.")
-    return KeyIdentity(key_id=record.id, name=record.name)
+def admin_token_matches(authorization: str | None, expected: SecretStr) -> bool:
+    """True when the header carries the admin token (compared in constant time)."""
+    token = _token(authorization)
+    if token is None:
+        return False
+    return hmac.compare_digest(token.encode(), expected.get_secret_value().encode())

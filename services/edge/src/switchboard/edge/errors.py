@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from litestar import MediaType, Response
-from litestar.exceptions import HTTPException
+import math
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from switchboard.common.errors import (
@@ -13,14 +16,16 @@ from switchboard.common.errors import (
     GatewayError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitError,
     ServiceUnavailableError,
 )
 from switchboard.common.logs import get_logger
-from switchboard.edge.lifespan import HttpRequest
 
-__all__ = ["error_response", "exception_handlers"]
+__all__ = ["LimitError", "error_response", "exception_handlers"]
 
 log = get_logger(__name__)
+
+HttpRequest = Request[Any, Any, Any]
 
 _TYPE_BY_STATUS = {
     401: AuthenticationError.error_type,
@@ -31,13 +36,40 @@ _TYPE_BY_STATUS = {
 }
 
 
+class LimitError(RateLimitError):
+    """A 429 of the edge's own limits, carrying the ``x-ratelimit-*`` headers.
+
+    ``should_retry=False`` (quota exhausted, a request larger than the limit) adds
+    ``x-should-retry: false``, which tells OpenAI's SDKs not to retry.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        headers: dict[str, str] | None = None,
+        should_retry: bool = True,
+        code: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, code=code, error_type=error_type)
+        self.headers = dict(headers or {})
+        if not should_retry:
+            self.headers["x-should-retry"] = "false"
+
+
 def error_response(
-    detail: ErrorDetail, status: int, *, retry_after: float | None = None
+    detail: ErrorDetail,
+    status: int,
+    *,
+    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
     """An OpenAI error body with ``status`` (and ``Retry-After`` when given)."""
-    headers = {}
+    headers = dict(headers or {})
     if retry_after is not None:
-        headers["retry-after"] = str(max(0, round(retry_after)))
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)) if retry_after > 0 else 0)
     return Response(
         content=ErrorBody(error=detail).model_dump_json().encode(),
         status_code=status,
@@ -47,7 +79,8 @@ def error_response(
 
 
 def _gateway_error(_: HttpRequest, exc: GatewayError) -> Response[bytes]:
-    return error_response(exc.detail, exc.status, retry_after=exc.retry_after)
+    headers = exc.headers if isinstance(exc, LimitError) else None
+    return error_response(exc.detail, exc.status, retry_after=exc.retry_after, headers=headers)
 
 
 def _http_exception(_: HttpRequest, exc: HTTPException) -> Response[bytes]:
@@ -72,11 +105,28 @@ def _http_exception(_: HttpRequest, exc: HTTPException) -> Response[bytes]:
             code="internal_error",
         )
         return error_response(detail, status)
+    if isinstance(exc, ValidationException):
+        return error_response(_validation_detail(exc), 400)
     detail = ErrorDetail(
         message=exc.detail or "Bad request.",
         type=_TYPE_BY_STATUS.get(status, "invalid_request_error"),
     )
     return error_response(detail, status)
+
+
+def _validation_detail(exc: ValidationException) -> ErrorDetail:
+    """Litestar's validation of a typed handler (the admin API): name the first bad field."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    first = problems[0] if problems and isinstance(problems[0], dict) else {}
+    param = first.get("key") or None
+    if param is None:
+        return ErrorDetail(message=exc.detail or "Bad request.", type="invalid_request_error")
+    return ErrorDetail(
+        message=f"Invalid value for '{param}': {first.get('message', 'invalid')}.",
+        type="invalid_request_error",
+        param=str(param),
+        code="invalid_value",
+    )
 
 
 def _unexpected(_: HttpRequest, exc: Exception) -> Response[bytes]:

@@ -1,11 +1,18 @@
-"""Security headers on every response (OWASP secure headers project)."""
+"""Security headers on every response (OWASP secure headers project), and HTTPS enforcement."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from litestar import Request
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
-__all__ = ["security_headers"]
+from switchboard.common.errors import PermissionDeniedError
+from switchboard.edge.clientip import forwarded_https
+from switchboard.edge.settings import EdgeSettings
+
+__all__ = ["require_https", "security_headers"]
 
 _HEADERS = {
     "strict-transport-security": "max-age=63072000; includeSubDomains",
@@ -16,6 +23,9 @@ _HEADERS = {
     "cache-control": "no-store",
 }
 
+_PROBES = "/health"
+"""Health probes (load balancers, kubelets) may use plain HTTP."""
+
 
 async def security_headers(message: Message, _scope: Scope) -> None:
     """Add the headers to the start of each HTTP response (keeps any already set)."""
@@ -24,3 +34,24 @@ async def security_headers(message: Message, _scope: Scope) -> None:
         for name, value in _HEADERS.items():
             if name not in headers:
                 headers[name] = value
+
+
+async def require_https(settings: EdgeSettings, request: Request[Any, Any, Any]) -> None:
+    """Refuse a plain-HTTP request with 403 ``https_required`` (``EDGE_REQUIRE_HTTPS``).
+
+    Refused rather than redirected: a client that sent its key over plain HTTP has already
+    leaked it, and a redirected POST would send it again. Behind a trusted proxy, the
+    proxy's ``X-Forwarded-Proto`` (or ``Forwarded: proto=``) says what the client used.
+    """
+    if request.url.path.startswith(_PROBES):
+        return
+    if not forwarded_https(
+        request.client.host if request.client else None,
+        settings.edge_trusted_proxies,
+        scheme=request.url.scheme,
+        forwarded=request.headers.getall("forwarded", []),
+        x_forwarded_proto=request.headers.getall("x-forwarded-proto", []),
+    ):
+        raise PermissionDeniedError(
+            "This API is served over HTTPS only; use an https:// URL.", code="https_required"
+        )

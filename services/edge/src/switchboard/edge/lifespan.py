@@ -1,7 +1,9 @@
-"""What the edge holds while it runs: NATS, Redis, the key store, the bus."""
+"""What the edge holds while it runs: NATS, Redis, the key cache, the gate, the bus."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,7 +16,11 @@ from redis.asyncio import Redis
 from switchboard.common.bus import NATS, nats_connection
 from switchboard.common.logs import get_logger
 from switchboard.edge.bus import Bus
+from switchboard.edge.gate import Gate
+from switchboard.edge.keycache import KeyCache, KeyEvents
 from switchboard.edge.keys import KeyStore
+from switchboard.edge.ratelimit import RedisLimiter
+from switchboard.edge.redisclient import redis_client
 from switchboard.edge.settings import EdgeSettings
 
 __all__ = ["EdgeServices", "HttpRequest", "edge_lifespan", "services_of"]
@@ -23,6 +29,8 @@ HttpRequest = Request[Any, Any, State]
 """The request type route handlers receive."""
 
 log = get_logger(__name__)
+
+_SUBSCRIBE_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +42,8 @@ class EdgeServices:
     bus: Bus
     redis: Redis
     keys: KeyStore
+    cache: KeyCache
+    gate: Gate
 
 
 def services_of(app: Litestar) -> EdgeServices:
@@ -45,16 +55,31 @@ def services_of(app: Litestar) -> EdgeServices:
 @asynccontextmanager
 async def edge_lifespan(settings: EdgeSettings, app: Litestar) -> AsyncIterator[None]:
     """Connect on start-up; on shutdown drain NATS so no reply is cut off."""
-    redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
+    redis = redis_client(settings)
+    listen_redis = redis_client(settings, listener=True)
+    cache = KeyCache(
+        ttl=settings.edge_key_cache_ttl,
+        negative_ttl=settings.edge_key_negative_ttl,
+        size=settings.edge_key_cache_size,
     )
+    events = KeyEvents(cache, listen_redis=listen_redis, redis=redis)
+    gate = Gate(settings, cache, RedisLimiter(redis, settings))
+    keys = KeyStore(redis, invalidation_wait=settings.edge_invalidation_wait)
+    events.start()
+    gate.start()
     try:
+        with contextlib.suppress(TimeoutError):
+            # Serve even if Redis is down now; the listener keeps trying.
+            await asyncio.wait_for(events.subscribed.wait(), _SUBSCRIBE_WAIT)
         async with nats_connection(settings, name="switchboard-edge") as nc:
             bus = Bus(nc, idle_timeout=settings.edge_idle_timeout)
             await bus.start()
-            app.state.services = EdgeServices(settings, nc, bus, redis, KeyStore(redis))
+            app.state.services = EdgeServices(settings, nc, bus, redis, keys, cache, gate)
             log.info("edge.started", host=settings.edge_host, port=settings.edge_port)
             yield
             log.info("edge.stopping")
     finally:
+        await gate.stop()
+        await events.stop()
+        await listen_redis.aclose()
         await redis.aclose()

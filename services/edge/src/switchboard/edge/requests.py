@@ -54,8 +54,27 @@ def _invalid(error: ErrorDetails, data: Any) -> InvalidRequestError:
     )
 
 
-def parse_chat_request(body: bytes, *, max_content_chars: int) -> ChatCompletionRequest:
-    """Validate ``body``; raise an OpenAI-shaped error naming the first bad field."""
+def _check_length(name: str, items: list[Any] | None, limit: int | None) -> None:
+    if limit is not None and items is not None and len(items) > limit:
+        raise InvalidRequestError(
+            f"Invalid '{name}': array too long. Expected an array with maximum length {limit}, "
+            f"but got an array with length {len(items)} instead.",
+            param=name,
+            code="array_above_max_length",
+        )
+
+
+def parse_chat_request(
+    body: bytes,
+    *,
+    max_content_chars: int,
+    max_messages: int | None = None,
+    max_tools: int | None = None,
+) -> ChatCompletionRequest:
+    """Validate ``body``; raise an OpenAI-shaped error naming the first bad field.
+
+    Also enforces the gateway's size limits: message text, number of messages and tools.
+    """
     try:
         request = ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -68,6 +87,8 @@ def parse_chat_request(body: bytes, *, max_content_chars: int) -> ChatCompletion
                 "The request body must be a JSON object.", code="invalid_type"
             ) from None
         raise _invalid(first, orjson.loads(body)) from None
+    _check_length("messages", request.messages, max_messages)
+    _check_length("tools", request.tools, max_tools)
     chars = message_text_length(request)
     if chars > max_content_chars:
         raise ContextLengthExceededError(

@@ -18,12 +18,14 @@ from switchboard.common.wire import (
     ChatRequest,
     CompletionFailed,
     CompletionFinished,
+    CompletionStarted,
     Frame,
     FrameKind,
-    KeyIdentity,
 )
-from switchboard.edge.auth import authenticate
+from switchboard.edge.auth import bearer_secret
 from switchboard.edge.bus import Bus, Exchange
+from switchboard.edge.errors import error_response
+from switchboard.edge.gate import Admission
 from switchboard.edge.lifespan import EdgeServices, HttpRequest, services_of
 from switchboard.edge.requests import parse_chat_request
 
@@ -34,8 +36,12 @@ log = get_logger(__name__)
 _DONE = b"data: [DONE]\n\n"
 
 
-def _failure(frame: Frame) -> GatewayError:
+def _failure(frame: Frame, headers: dict[str, str]) -> GatewayError:
+    """The router's error as an exception; what it tried goes into the response headers."""
     failed = CompletionFailed.model_validate_json(frame.body)
+    if failed.model:
+        headers["x-switchboard-model"] = failed.model
+    headers["x-switchboard-fallbacks"] = str(failed.fallbacks)
     return GatewayError(
         failed.error.message,
         param=failed.error.param,
@@ -61,38 +67,58 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
     """Create a chat completion, streamed (SSE) or not, in OpenAI's format."""
     services = services_of(request.app)
     settings = services.settings
-    identity = await authenticate(services.keys, request.headers.get("authorization"))
-    chat = parse_chat_request(
-        await request.body(), max_content_chars=settings.edge_max_content_chars
-    )
+    gate = services.gate
+    authorization = request.headers.get("authorization")
+    bearer_secret(authorization)  # a missing key is a 401 before the body is read
+    ip = gate.client_ip(request.client.host if request.client else None, request.headers)
+    try:
+        chat = parse_chat_request(
+            await request.body(),
+            max_content_chars=settings.edge_max_content_chars,
+            max_messages=settings.edge_max_messages,
+            max_tools=settings.edge_max_tools,
+        )
+    except GatewayError:
+        await gate.authenticate(authorization, ip)  # a bad key is a 401, not a 400
+        raise
     request_id = "req_" + secrets.token_hex(12)
+    admission = await gate.admit(authorization, ip, chat, request_id)
+    identity = admission.identity
     bind_context(request_id=request_id, key_id=identity.key_id, model=chat.model)
-    now = time.time()
-    envelope = ChatRequest(
-        request_id=request_id,
-        key=identity,
-        received_at=now,
-        deadline=now + settings.edge_request_timeout,
-        request=chat,
-    )
-    payload = envelope.encode()
-    deadline = asyncio.get_running_loop().time() + settings.edge_request_timeout
-    exchange = await services.bus.open(subjects.CHAT_REQUEST, payload, deadline=deadline)
-    headers = {"x-request-id": request_id}
-    if chat.wants_stream:
-        return await _stream(services, exchange, request_id, headers)
-    return await _complete(services.bus, request, exchange, identity, headers)
+    headers = {"x-request-id": request_id, **admission.headers}
+    try:
+        now = time.time()
+        envelope = ChatRequest(
+            request_id=request_id,
+            key=identity,
+            received_at=now,
+            deadline=now + settings.edge_request_timeout,
+            request=chat,
+            accepts_started=True,
+        )
+        payload = envelope.encode()
+        deadline = asyncio.get_running_loop().time() + settings.edge_request_timeout
+        exchange = await services.bus.open(subjects.CHAT_REQUEST, payload, deadline=deadline)
+        if chat.wants_stream:
+            return await _stream(services, exchange, admission, headers)
+        return await _complete(services.bus, request, exchange, admission, headers)
+    except GatewayError as exc:
+        admission.abandon(consumed=False)
+        return error_response(exc.detail, exc.status, retry_after=exc.retry_after, headers=headers)
+    except BaseException:
+        admission.abandon(consumed=False)
+        raise
 
 
 async def _complete(
     bus: Bus,
     request: HttpRequest,
     exchange: Exchange,
-    identity: KeyIdentity,
+    admission: Admission,
     headers: dict[str, str],
 ) -> Response[bytes]:
     """Wait for the whole answer; if the client leaves first, cancel the upstream call."""
-    collect = asyncio.ensure_future(_collect(exchange))
+    collect = asyncio.ensure_future(_collect(exchange, headers))
     disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait((collect, disconnect), return_when=asyncio.FIRST_COMPLETED)
@@ -101,22 +127,26 @@ async def _complete(
         if not collect.done():
             collect.cancel()
             bus.cancel(headers["x-request-id"])
-            log.info("chat.client_disconnected", key_id=identity.key_id)
+            log.info("chat.client_disconnected", key_id=admission.identity.key_id)
         exchange.close()
     body, finished = collect.result()
+    await admission.finish(finished)
     headers["x-switchboard-model"] = finished.served_model
+    headers["x-switchboard-fallbacks"] = str(finished.fallbacks)
     return Response(content=body, media_type=MediaType.JSON, headers=headers)
 
 
-async def _collect(exchange: Exchange) -> tuple[bytes, CompletionFinished]:
+async def _collect(exchange: Exchange, headers: dict[str, str]) -> tuple[bytes, CompletionFinished]:
     body: bytes | None = None
     async for frame in exchange:
+        if frame.kind is FrameKind.STARTED:
+            continue  # the end frame says the same and more
         if frame.kind is FrameKind.RESPONSE:
             body = frame.body
         elif frame.kind is FrameKind.END and body is not None:
             return body, CompletionFinished.model_validate_json(frame.body)
         elif frame.kind is FrameKind.ERROR:
-            raise _failure(frame)
+            raise _failure(frame, headers)
         else:
             raise _unexpected_frame(frame)
     raise UpstreamError("The router ended the exchange without an answer.", code="protocol_error")
@@ -128,39 +158,52 @@ async def _wait_for_disconnect(request: HttpRequest) -> None:
 
 
 async def _stream(
-    services: EdgeServices, exchange: Exchange, request_id: str, headers: dict[str, str]
+    services: EdgeServices, exchange: Exchange, admission: Admission, headers: dict[str, str]
 ) -> Stream:
     """Start the SSE response once the first chunk is there.
 
     An error before the first chunk is an ordinary HTTP error (status and JSON body); after
     it, the stream ends with an error event and ``[DONE]``.
     """
+    request_id = admission.request_id
+    started: CompletionStarted | None = None
     try:
         first = await anext(exchange)
+        if first.kind is FrameKind.STARTED:
+            started = CompletionStarted.model_validate_json(first.body)
+            first = await anext(exchange)
         if first.kind is FrameKind.ERROR:
-            raise _failure(first)
+            raise _failure(first, headers)
         if first.kind is not FrameKind.CHUNK:
             raise _unexpected_frame(first)
     except BaseException:
         exchange.close()
         services.bus.cancel(request_id)
         raise
-    model = orjson.loads(first.body).get("model")
-    if isinstance(model, str):
-        headers["x-switchboard-model"] = model
+    if started is not None:
+        headers["x-switchboard-model"] = started.served_model
+        headers["x-switchboard-fallbacks"] = str(started.fallbacks)
+    else:  # a router that predates the started frame
+        model = orjson.loads(first.body).get("model")
+        if isinstance(model, str):
+            headers["x-switchboard-model"] = model
     headers["cache-control"] = "no-store"
     headers["x-accel-buffering"] = "no"
     return Stream(
-        _relay(services.bus, exchange, request_id, first),
+        _relay(services.bus, exchange, admission, first),
         media_type="text/event-stream",
         headers=headers,
     )
 
 
 async def _relay(
-    bus: Bus, exchange: Exchange, request_id: str, first: Frame
+    bus: Bus, exchange: Exchange, admission: Admission, first: Frame
 ) -> AsyncIterator[bytes]:
-    """Write chunks as they arrive, framing them as SSE without parsing them."""
+    """Write chunks as they arrive, framing them as SSE without parsing them.
+
+    The end frame's usage and cost are charged before ``[DONE]`` goes out, so a client
+    that sends its next request after ``[DONE]`` is judged with this one counted.
+    """
     finished = False
     chunks = 1
     try:
@@ -171,9 +214,10 @@ async def _relay(
                 yield b"data: " + frame.body + b"\n\n"
             elif frame.kind is FrameKind.END:
                 finished = True
-                expected = CompletionFinished.model_validate_json(frame.body).chunks
-                if expected != chunks:
-                    log.error("chat.chunks_lost", expected=expected, received=chunks)
+                report = CompletionFinished.model_validate_json(frame.body)
+                await admission.finish(report)
+                if report.chunks != chunks:
+                    log.error("chat.chunks_lost", expected=report.chunks, received=chunks)
                     yield _sse_error(
                         UpstreamError(
                             "Part of the stream was lost between gateway services.",
@@ -185,7 +229,8 @@ async def _relay(
                 return
             elif frame.kind is FrameKind.ERROR:
                 finished = True
-                yield _sse_error(_failure(frame).detail)
+                admission.abandon(consumed=True)
+                yield _sse_error(_failure(frame, {}).detail)
                 return
             else:
                 raise _unexpected_frame(frame)
@@ -194,5 +239,6 @@ async def _relay(
         yield _sse_error(exc.detail)
     finally:
         exchange.close()
+        admission.abandon(consumed=True)
         if not finished:
-            bus.cancel(request_id)
+            bus.cancel(admission.request_id)

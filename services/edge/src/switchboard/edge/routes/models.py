@@ -7,7 +7,6 @@ from litestar import MediaType, Response, get
 from switchboard.common import subjects
 from switchboard.common.errors import GatewayError, UpstreamError
 from switchboard.common.wire import CompletionFailed, FrameKind
-from switchboard.edge.auth import authenticate
 from switchboard.edge.lifespan import HttpRequest, services_of
 
 __all__ = ["list_models"]
@@ -19,7 +18,9 @@ _MODELS_TIMEOUT = 10.0
 async def list_models(request: HttpRequest) -> Response[bytes]:
     """Models this gateway can serve, in OpenAI's list format."""
     services = services_of(request.app)
-    await authenticate(services.keys, request.headers.get("authorization"))
+    gate = services.gate
+    ip = gate.client_ip(request.client.host if request.client else None, request.headers)
+    await gate.authenticate(request.headers.get("authorization"), ip)
     frame = await services.bus.request_frame(subjects.MODELS_LIST, b"", timeout=_MODELS_TIMEOUT)
     if frame.kind is FrameKind.RESPONSE:
         return Response(content=frame.body, media_type=MediaType.JSON)
