@@ -1,1 +1,7 @@
-"""Usage events from JetStream into ClickHouse. Built by the metering issue; nothing runs yet."""
+"""Switchboard metering: usage events from JetStream into an exact ClickHouse ledger.
+
+Reads :class:`~switchboard.common.events.UsageRecorded` from the usage stream with a
+durable consumer, writes them in batches (``sink``), keeps the schema current
+(``migrations``, ``sql/``) and answers usage reports, read-only analyst SQL and erasure
+requests over NATS (``handlers``, ``protocol``).
+"""
