@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
 from tests.support.servers import free_port
 
 __all__ = ["LITELLM_VERSION", "LiteLLMProxy", "ensure_litellm"]
@@ -47,7 +46,9 @@ class LiteLLMProxy:
     workers: int
 
     @classmethod
-    def start(cls, executable: Path, workdir: Path, *, upstream: str, model: str, workers: int) -> LiteLLMProxy:
+    def start(
+        cls, executable: Path, workdir: Path, *, upstream: str, model: str, workers: int
+    ) -> LiteLLMProxy:
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "litellm.yaml"
         config.write_text(
@@ -71,9 +72,22 @@ class LiteLLMProxy:
             "NO_DOCS": "True",
         }
         proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            [str(executable), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-             "--num_workers", str(workers)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
+            [
+                str(executable),
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num_workers",
+                str(workers),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
         )
         proxy = cls(proc, port, workers)
         proxy._wait_ready()
@@ -89,7 +103,12 @@ class LiteLLMProxy:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"litellm exited with {self.proc.returncode}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=2).status_code == 200:
+                if (
+                    httpx.get(
+                        f"http://127.0.0.1:{self.port}/health/liveliness", timeout=2
+                    ).status_code
+                    == 200
+                ):
                     return
             except httpx.TransportError:
                 pass

@@ -21,16 +21,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.support.servers import free_port
+
 from bench.litellm_proxy import LITELLM_VERSION, LiteLLMProxy, ensure_litellm
 from bench.upstream import MODEL, NginxUpstream
-from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "k6" / "chat.js"
@@ -64,14 +64,27 @@ def _k6() -> str:
     return found
 
 
-def run_k6(base_url: str, api_key: str, *, stream: bool, vus: int, duration: str, seed: bool = False) -> dict:
+def run_k6(
+    base_url: str, api_key: str, *, stream: bool, vus: int, duration: str, seed: bool = False
+) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        env = {**os.environ, "BASE_URL": base_url, "API_KEY": api_key, "STREAM": "1" if stream else "0",
-               "VUS": str(vus), "DURATION": duration, "MODEL": MODEL, "SEED": "1" if seed else "0",
-               "K6_NO_USAGE_REPORT": "true"}
+        env = {
+            **os.environ,
+            "BASE_URL": base_url,
+            "API_KEY": api_key,
+            "STREAM": "1" if stream else "0",
+            "VUS": str(vus),
+            "DURATION": duration,
+            "MODEL": MODEL,
+            "SEED": "1" if seed else "0",
+            "K6_NO_USAGE_REPORT": "true",
+        }
         subprocess.run(  # noqa: S603 - fixed argv
             [_k6(), "run", "--quiet", "--no-color", "--summary-export", out.name, str(SCRIPT)],
-            env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         summary: dict = json.loads(Path(out.name).read_text() or "{}")
     return summary
@@ -84,11 +97,16 @@ def _result(target: str, stream: bool, vus: int, summary: dict) -> Result:
     reqs = metrics.get("http_reqs", {})
     failed = metrics.get("failed_requests", {})
     return Result(
-        target, stream, vus,
+        target,
+        stream,
+        vus,
         rps=float(reqs.get("rate", 0.0)),
-        p50=float(duration.get("med", 0.0)), p95=float(duration.get("p(95)", 0.0)),
-        p99=float(duration.get("p(99)", 0.0)), ttfb_p50=float(ttfb.get("med", 0.0)),
-        errors=float(failed.get("value", 0.0)), requests=int(reqs.get("count", 0)),
+        p50=float(duration.get("med", 0.0)),
+        p95=float(duration.get("p(95)", 0.0)),
+        p99=float(duration.get("p(99)", 0.0)),
+        ttfb_p50=float(ttfb.get("med", 0.0)),
+        errors=float(failed.get("value", 0.0)),
+        requests=int(reqs.get("count", 0)),
     )
 
 
@@ -119,37 +137,81 @@ def switchboard(workdir: Path, upstream: str) -> Iterator[tuple[str, str, dict[s
     port = free_port()
     data = workdir / f"sb-{port}"
     proc = subprocess.Popen(  # noqa: S603 - fixed argv
-        [sys.executable, "-m", "switchboard.cli.main", "--data-dir", str(data), "up", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OPENROUTER_BASE_URL": upstream, "OPENROUTER_API_KEY": "sk-upstream",
-             "LOG_LEVEL": "WARNING"},
+        [
+            sys.executable,
+            "-m",
+            "switchboard.cli.main",
+            "--data-dir",
+            str(data),
+            "up",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "OPENROUTER_BASE_URL": upstream,
+            "OPENROUTER_API_KEY": "sk-upstream",
+            "LOG_LEVEL": "WARNING",
+        },
     )
-    assert proc.stdout is not None
-    for line in proc.stdout:
+    for line in proc.stdout or ():
         if "Switchboard is up" in line:
             break
         if "could not start" in line:
             raise RuntimeError(line)
     try:
-        key = json.loads(subprocess.run(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "switchboard.cli.main", "--data-dir", str(data), "keys", "create",
-             "--name", "bench", "--json"], capture_output=True, text=True, check=True).stdout)["key"]
+        key = json.loads(
+            subprocess.run(  # noqa: S603 - fixed argv
+                [
+                    sys.executable,
+                    "-m",
+                    "switchboard.cli.main",
+                    "--data-dir",
+                    str(data),
+                    "keys",
+                    "create",
+                    "--name",
+                    "bench",
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )["key"]
         services = json.loads((data / "state.json").read_text())["services"]
         yield f"http://127.0.0.1:{port}/v1", key, services
     finally:
         proc.terminate()
         proc.wait(60)
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
-def measure(report: Report, target: str, base_url: str, key: str, *, stream: bool,
-            concurrencies: list[int], duration: str) -> None:
+def measure(
+    report: Report,
+    target: str,
+    base_url: str,
+    key: str,
+    *,
+    stream: bool,
+    concurrencies: list[int],
+    duration: str,
+) -> None:
     run_k6(base_url, key, stream=stream, vus=8, duration="3s")  # warm-up, not recorded
     for vus in concurrencies:
-        result = _result(target, stream, vus, run_k6(base_url, key, stream=stream, vus=vus, duration=duration))
+        result = _result(
+            target, stream, vus, run_k6(base_url, key, stream=stream, vus=vus, duration=duration)
+        )
         report.results.append(result)
-        print(f"{target:<22} stream={stream!s:<5} vus={vus:<5} rps={result.rps:8.1f} "
-              f"p50={result.p50:7.1f}ms p99={result.p99:8.1f}ms errors={result.errors:.3f}", flush=True)
+        print(
+            f"{target:<22} stream={stream!s:<5} vus={vus:<5} rps={result.rps:8.1f} "
+            f"p50={result.p50:7.1f}ms p99={result.p99:8.1f}ms errors={result.errors:.3f}",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,24 +232,53 @@ def main(argv: list[str] | None = None) -> int:
             for stream in (False, True):
                 levels = args.concurrency + ([args.streams] if stream and args.streams else [])
                 upstream = nginx.base_url(stream=stream)
-                measure(report, "upstream (nginx)", upstream, "x", stream=stream,
-                        concurrencies=levels, duration=args.duration)
+                measure(
+                    report,
+                    "upstream (nginx)",
+                    upstream,
+                    "x",
+                    stream=stream,
+                    concurrencies=levels,
+                    duration=args.duration,
+                )
                 with switchboard(workdir, upstream) as (base_url, key, pids):
-                    measure(report, "switchboard", base_url, key, stream=stream,
-                            concurrencies=levels, duration=args.duration)
+                    measure(
+                        report,
+                        "switchboard",
+                        base_url,
+                        key,
+                        stream=stream,
+                        concurrencies=levels,
+                        duration=args.duration,
+                    )
                     for name in ("edge", "router"):
                         report.rss_mb[f"switchboard {name}"] = max(
-                            report.rss_mb.get(f"switchboard {name}", 0.0), rss_mb([pids[name]]))
+                            report.rss_mb.get(f"switchboard {name}", 0.0), rss_mb([pids[name]])
+                        )
                 if litellm is None:
                     continue
                 for workers in (1, 2):
-                    proxy = LiteLLMProxy.start(litellm, workdir / "litellm", upstream=upstream,
-                                               model=MODEL, workers=workers)
+                    proxy = LiteLLMProxy.start(
+                        litellm,
+                        workdir / "litellm",
+                        upstream=upstream,
+                        model=MODEL,
+                        workers=workers,
+                    )
                     try:
-                        measure(report, f"litellm {workers} worker(s)", proxy.base_url, "sk-bench-master",
-                                stream=stream, concurrencies=levels, duration=args.duration)
+                        measure(
+                            report,
+                            f"litellm {workers} worker(s)",
+                            proxy.base_url,
+                            "sk-bench-master",
+                            stream=stream,
+                            concurrencies=levels,
+                            duration=args.duration,
+                        )
                         name = f"litellm {workers} worker(s)"
-                        report.rss_mb[name] = max(report.rss_mb.get(name, 0.0), rss_mb([proxy.proc.pid]))
+                        report.rss_mb[name] = max(
+                            report.rss_mb.get(name, 0.0), rss_mb([proxy.proc.pid])
+                        )
                     finally:
                         proxy.stop()
         finally:
@@ -198,12 +289,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(r: Result) -> str:
-    return (f"| {r.target} | {'yes' if r.stream else 'no'} | {r.vus} | {r.rps:.0f} | {r.p50:.1f} | "
-            f"{r.p95:.1f} | {r.p99:.1f} | {r.ttfb_p50:.1f} | {r.errors * 100:.2f} % | {r.requests} |")
+    return (
+        f"| {r.target} | {'yes' if r.stream else 'no'} | {r.vus} | {r.rps:.0f} | {r.p50:.1f} | "
+        f"{r.p95:.1f} | {r.p99:.1f} | {r.ttfb_p50:.1f} | {r.errors * 100:.2f} % | {r.requests} |"
+    )
 
 
 def _find(report: Report, target: str, stream: bool, vus: int) -> Result | None:
-    return next((r for r in report.results if r.target == target and r.stream == stream and r.vus == vus), None)
+    return next(
+        (r for r in report.results if r.target == target and r.stream == stream and r.vus == vus),
+        None,
+    )
 
 
 def render(report: Report, args: argparse.Namespace) -> str:
@@ -212,15 +308,17 @@ def render(report: Report, args: argparse.Namespace) -> str:
         "",
         "Written by `make bench` (`uv run --group bench python -m bench.run`); rerun it to refresh "
         "every number below. All targets ran in one run, on one machine, against the same upstream "
-        f"(nginx serving fixed answers), with the same load tool (k6). LiteLLM proxy {LITELLM_VERSION} "
-        "was installed into a throwaway virtualenv; it is not a project dependency.",
+        "(nginx serving fixed answers), with the same load tool (k6). "
+        f"LiteLLM proxy {LITELLM_VERSION} was installed into a throwaway virtualenv; "
+        "it is not a project dependency.",
         "",
         f"- run: {report.started}; machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; each measurement {args.duration} after a 3 s warm-up",
         "- latency columns are milliseconds per request as k6 saw them; TTFB is time to the "
         "first response byte (for streams: the first chunk)",
         "",
-        "| target | streamed | concurrency | req/s | p50 | p95 | p99 | TTFB p50 | errors | requests |",
+        "| target | streamed | concurrency | req/s | p50 | p95 | p99 | TTFB p50 | errors "
+        "| requests |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(_row(r) for r in report.results),
         "",
@@ -231,15 +329,27 @@ def render(report: Report, args: argparse.Namespace) -> str:
         for vus in args.concurrency:
             base = _find(report, "upstream (nginx)", stream, vus)
             ours = _find(report, "switchboard", stream, vus)
-            best = max((r for r in report.results if r.target.startswith("litellm") and r.stream == stream
-                        and r.vus == vus), key=lambda r: r.rps, default=None)
+            best = max(
+                (
+                    r
+                    for r in report.results
+                    if r.target.startswith("litellm") and r.stream == stream and r.vus == vus
+                ),
+                key=lambda r: r.rps,
+                default=None,
+            )
             if not (base and ours):
                 continue
             kind = "streamed" if stream else "non-streamed"
-            line = f"- {kind}, {vus} concurrent: Switchboard adds {ours.p50 - base.p50:.1f} ms at p50"
+            line = (
+                f"- {kind}, {vus} concurrent: Switchboard adds {ours.p50 - base.p50:.1f} ms at p50"
+            )
             if best and best.rps:
-                line += (f"; {ours.rps / best.rps:.1f}x the requests/s of LiteLLM's best ({best.target}),"
-                         f" p99 {ours.p99:.0f} ms vs {best.p99:.0f} ms")
+                line += (
+                    f"; {ours.rps / best.rps:.1f}x the requests/s of LiteLLM's best "
+                    f"({best.target}),"
+                    f" p99 {ours.p99:.0f} ms vs {best.p99:.0f} ms"
+                )
             lines.append(line)
     lines += ["", "## Resident memory after load (MiB)", "", "| process | RSS |", "| --- | ---: |"]
     lines += [f"| {name} | {mb:.0f} |" for name, mb in report.rss_mb.items()]

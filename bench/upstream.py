@@ -24,23 +24,48 @@ _CREATED = 1_700_000_000
 
 
 def _completion() -> bytes:
-    return json.dumps({
-        "id": "gen-bench", "object": "chat.completion", "created": _CREATED, "model": MODEL,
-        "provider": "OpenAI", "system_fingerprint": None,
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": "Hello there, nice to meet you!",
-                                 "refusal": None}}],
-        "usage": {"prompt_tokens": 14, "completion_tokens": 8, "total_tokens": 22, "cost": 0.0000069},
-    }).encode()
+    return json.dumps(
+        {
+            "id": "gen-bench",
+            "object": "chat.completion",
+            "created": _CREATED,
+            "model": MODEL,
+            "provider": "OpenAI",
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {
+                        "role": "assistant",
+                        "content": "Hello there, nice to meet you!",
+                        "refusal": None,
+                    },
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 14,
+                "completion_tokens": 8,
+                "total_tokens": 22,
+                "cost": 0.0000069,
+            },
+        }
+    ).encode()
 
 
 def _stream(pieces: int = 8) -> bytes:
     def chunk(delta: dict[str, object], finish: str | None = None, usage: object = None) -> bytes:
         body: dict[str, object] = {
-            "id": "gen-bench", "object": "chat.completion.chunk", "created": _CREATED,
-            "model": MODEL, "provider": "OpenAI", "system_fingerprint": None,
-            "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish,
-                                          "logprobs": None}],
+            "id": "gen-bench",
+            "object": "chat.completion.chunk",
+            "created": _CREATED,
+            "model": MODEL,
+            "provider": "OpenAI",
+            "system_fingerprint": None,
+            "choices": []
+            if usage
+            else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
         if usage:
             body["usage"] = usage
@@ -49,17 +74,35 @@ def _stream(pieces: int = 8) -> bytes:
     out = [b": OPENROUTER PROCESSING\n\n", chunk({"role": "assistant", "content": ""})]
     out += [chunk({"content": f"word{i} "}) for i in range(pieces)]
     out.append(chunk({}, "stop"))
-    out.append(chunk({}, usage={"prompt_tokens": 14, "completion_tokens": pieces, "total_tokens": 14 + pieces,
-                                "cost": 0.0000069}))
+    out.append(
+        chunk(
+            {},
+            usage={
+                "prompt_tokens": 14,
+                "completion_tokens": pieces,
+                "total_tokens": 14 + pieces,
+                "cost": 0.0000069,
+            },
+        )
+    )
     out.append(b"data: [DONE]\n\n")
     return b"".join(out)
 
 
-_MODELS = json.dumps({"data": [{
-    "id": MODEL, "name": "GPT-4o mini", "created": _CREATED, "context_length": 128000,
-    "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
-    "supported_parameters": ["tools", "temperature", "seed"],
-}]}).encode()
+_MODELS = json.dumps(
+    {
+        "data": [
+            {
+                "id": MODEL,
+                "name": "GPT-4o mini",
+                "created": _CREATED,
+                "context_length": 128000,
+                "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
+                "supported_parameters": ["tools", "temperature", "seed"],
+            }
+        ]
+    }
+).encode()
 
 _CONF = """
 {user}
@@ -99,7 +142,9 @@ class NginxUpstream:
     def start(cls, root: Path) -> NginxUpstream:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not Path(binary).exists():
-            raise RuntimeError("nginx is needed for the benchmark upstream: apt-get install nginx-light")
+            raise RuntimeError(
+                "nginx is needed for the benchmark upstream: apt-get install nginx-light"
+            )
         (root / "www").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
         (root / "www" / "completion.json").write_bytes(_completion())
@@ -112,7 +157,8 @@ class NginxUpstream:
         conf.write_text(_CONF.format(root=root, port=port, user=user))
         proc = subprocess.Popen(  # noqa: S603 - fixed argv
             [binary, "-c", str(conf), "-p", str(root), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         wait_for_port(port, proc=proc)
         return cls(root, port, proc)

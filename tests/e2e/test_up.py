@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests.support.openrouter_emulator import EmulatorServer
+from tests.support.posthog_capture import CaptureServer
 from tests.support.servers import free_port
 
 
@@ -61,7 +62,17 @@ def _wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
 
 
 @pytest.fixture
-def up(tmp_path: Path, upstream: EmulatorServer) -> Iterator[Up]:
+def up_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Extra environment for ``switchboard up``: ``posthog`` (indirect parameter) points
+    analytics at the ``capture`` fixture."""
+    if getattr(request, "param", None) == "posthog":
+        capture: CaptureServer = request.getfixturevalue("capture")
+        return {"POSTHOG_API_KEY": "phc_up_test", "POSTHOG_HOST": capture.host}
+    return {}
+
+
+@pytest.fixture
+def up(tmp_path: Path, upstream: EmulatorServer, up_env: dict[str, str]) -> Iterator[Up]:
     """``switchboard up`` against the emulator, in a fresh data dir."""
     port = free_port()
     proc = subprocess.Popen(
@@ -79,9 +90,10 @@ def up(tmp_path: Path, upstream: EmulatorServer) -> Iterator[Up]:
         stderr=subprocess.STDOUT,
         text=True,
         env={
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")},
             "OPENROUTER_BASE_URL": upstream.base_url,
             "OPENROUTER_API_KEY": "sk-or-up",
+            **up_env,
         },
     )
     output: list[str] = []
@@ -119,7 +131,8 @@ def test_up_serves_then_stops_cleanly_on_sigterm(up: Up) -> None:
         client.models.list()
 
     children = list(up.state()["services"].values())  # type: ignore[union-attr]
-    assert len(children) == 4
+    assert set(up.state()["services"]) == {"nats", "valkey", "metering", "router", "edge"}  # type: ignore[arg-type]
+    assert any("analytics: off" in line for line in up.output)
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(60) == 0
     assert _wait_gone(children) == []
@@ -158,3 +171,24 @@ def test_keys_without_a_stack_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "no running stack" in result.stderr
+
+
+@pytest.fixture
+def capture() -> Iterator[CaptureServer]:
+    """A local PostHog capture endpoint."""
+    with CaptureServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("up_env", ["posthog"], indirect=True)
+def test_up_runs_analytics_when_posthog_is_configured(up: Up, capture: CaptureServer) -> None:
+    assert "analytics" in up.state()["services"]  # type: ignore[operator]
+    assert any("analytics: sending LLM analytics to PostHog" in line for line in up.output)
+    key = json.loads(up.cli("keys", "create", "--name", "ph", "--json").stdout)["key"]
+    client = openai.OpenAI(base_url=up.base_url, api_key=key, max_retries=0, timeout=30)
+    client.chat.completions.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "tracked"}]
+    )
+    (event,) = capture.wait_for_events(1, timeout=30)
+    assert event["event"] == "$ai_generation"
+    assert "tracked" not in json.dumps(event)  # metadata mode: no prompt text leaves

@@ -13,7 +13,7 @@ import httpx
 
 from tests.support.servers import ManagedProcess, free_port
 
-__all__ = ["create_key", "start_edge", "start_router", "wait_healthy"]
+__all__ = ["create_key", "start_analytics", "start_edge", "start_router", "wait_healthy"]
 
 
 def _spawn(
@@ -33,7 +33,12 @@ def _spawn(
 
 
 def start_router(workdir: Path, *, nats_url: str, upstream: str, **env: str) -> ManagedProcess:
-    """A router process serving from ``upstream`` (an emulator's base URL)."""
+    """A router process serving from ``upstream`` (an emulator's base URL).
+
+    Its model catalog copy goes to ``workdir`` unless ``ROUTER_CATALOG_CACHE`` is given
+    (the default would be ``.switchboard/`` under the current directory).
+    """
+    env.setdefault("ROUTER_CATALOG_CACHE", str(workdir / "router-catalog.json"))
     return _spawn(
         "router",
         "switchboard.router",
@@ -42,6 +47,24 @@ def start_router(workdir: Path, *, nats_url: str, upstream: str, **env: str) -> 
             "NATS_URL": nats_url,
             "OPENROUTER_BASE_URL": upstream,
             "OPENROUTER_API_KEY": "sk-or-test-upstream-secret",
+            **env,
+        },
+        [],
+    )
+
+
+def start_analytics(
+    workdir: Path, *, nats_url: str, posthog_host: str, posthog_api_key: str, **env: str
+) -> ManagedProcess:
+    """An analytics process consuming usage events into the PostHog at ``posthog_host``."""
+    return _spawn(
+        "analytics",
+        "switchboard.analytics",
+        workdir,
+        {
+            "NATS_URL": nats_url,
+            "POSTHOG_API_KEY": posthog_api_key,
+            "POSTHOG_HOST": posthog_host,
             **env,
         },
         [],
@@ -89,10 +112,22 @@ def wait_healthy(
     raise TimeoutError(f"edge not healthy after {timeout} s: {last}\n{edge.log()[-3000:]}")
 
 
-def create_key(redis_url: str, name: str = "e2e") -> dict[str, str]:
-    """Mint an API key through the edge's own command; returns its JSON (``id``, ``key``)."""
+def create_key(redis_url: str, name: str = "e2e", *options: str) -> dict[str, str]:
+    """Mint an API key through the edge's own command; returns its JSON (``id``, ``key``).
+
+    ``options`` are more ``keys create`` flags, e.g. ``"--privacy-mode", "full"``."""
     out = subprocess.run(
-        [sys.executable, "-m", "switchboard.edge", "keys", "create", "--name", name, "--json"],
+        [
+            sys.executable,
+            "-m",
+            "switchboard.edge",
+            "keys",
+            "create",
+            "--name",
+            name,
+            *options,
+            "--json",
+        ],
         env={**os.environ, "REDIS_URL": redis_url},
         capture_output=True,
         check=True,

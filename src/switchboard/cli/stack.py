@@ -1,6 +1,8 @@
 """``switchboard up``: the whole stack on this machine, as child processes.
 
-Order of start: nats-server (JetStream on), valkey-server, router, edge; stop in reverse.
+Order of start: nats-server (JetStream on), valkey-server, metering (embedded ClickHouse
+under the data dir), analytics (only when ``POSTHOG_API_KEY`` is set), router, edge; stop in
+reverse, so the usage consumers see the router's last events.
 Each child runs in its own process group (Ctrl-C reaches only this supervisor, which then
 stops the children in order) and asks the kernel to SIGTERM it if the supervisor dies.
 """
@@ -73,6 +75,8 @@ class Stack:
         self.port = port
         self.children: list[_Child] = []
         self._stopping = False
+        self.analytics = bool(os.environ.get("POSTHOG_API_KEY"))
+        """Analytics runs whenever PostHog's own ``POSTHOG_API_KEY`` is set."""
 
     @property
     def base_url(self) -> str:
@@ -152,7 +156,14 @@ class Stack:
             {},
         )
         self._wait_port(valkey, redis_port)
-        common = {"NATS_URL": nats_url, "REDIS_URL": redis_url}
+        common = {
+            "NATS_URL": nats_url,
+            "REDIS_URL": redis_url,
+            "SWITCHBOARD_DATA_DIR": str(self.directory),
+        }
+        self._spawn("metering", [sys.executable, "-m", "switchboard.metering"], common)
+        if self.analytics:
+            self._spawn("analytics", [sys.executable, "-m", "switchboard.analytics"], common)
         self._spawn("router", [sys.executable, "-m", "switchboard.router"], common)
         edge_env = {**common, "EDGE_HOST": self.host, "EDGE_PORT": str(self.port)}
         self._spawn("edge", [sys.executable, "-m", "switchboard.edge", "serve"], edge_env)
