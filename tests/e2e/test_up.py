@@ -184,7 +184,9 @@ def capture() -> Iterator[CaptureServer]:
 def test_up_runs_analytics_when_posthog_is_configured(up: Up, capture: CaptureServer) -> None:
     assert "analytics" in up.state()["services"]  # type: ignore[operator]
     assert any("analytics: sending LLM analytics to PostHog" in line for line in up.output)
-    key = json.loads(up.cli("keys", "create", "--name", "ph", "--json").stdout)["key"]
+    created = up.cli("keys", "create", "--name", "ph", "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
     client = openai.OpenAI(base_url=up.base_url, api_key=key, max_retries=0, timeout=30)
     client.chat.completions.create(
         model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "tracked"}]

@@ -25,6 +25,8 @@ from switchboard.edge.settings import EdgeSettings
 __all__ = ["add_key_commands", "run_key_command"]
 
 _NONE = "none"
+_COMMAND_REDIS_TIMEOUT = 10.0
+"""Seconds a ``keys`` command waits for Redis (at least)."""
 _LIMIT_OPTIONS = (
     ("--owner", "owner", str, "who the key is for"),
     ("--rpm", "rpm", int, "requests per minute"),
@@ -326,7 +328,10 @@ _ACTIONS = {
 
 async def run_key_command(settings: EdgeSettings, args: argparse.Namespace) -> int:
     """Run one ``keys`` action against ``REDIS_URL``; returns the exit status."""
-    redis = redis_client(settings)
+    # EDGE_REDIS_TIMEOUT is tuned for the request path; an operator's command may wait
+    # longer for a busy Redis rather than fail.
+    patient = max(settings.edge_redis_timeout, _COMMAND_REDIS_TIMEOUT)
+    redis = redis_client(settings.model_copy(update={"edge_redis_timeout": patient}))
     try:
         store = KeyStore(redis, invalidation_wait=settings.edge_invalidation_wait)
         return await _ACTIONS[args.action](store, settings, args)
