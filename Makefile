@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS ?= never
 
-.PHONY: help install up lint typecheck test e2e bench
+.PHONY: help install up lint typecheck test e2e bench helm-lint
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,3 +28,6 @@ e2e: ## Only the end-to-end tests
 
 bench: ## Benchmarks against LiteLLM; writes docs/benchmarks.md (needs nginx: apt-get install nginx-light)
 	uv run --group bench python -m bench.run
+
+helm-lint: ## Lint, render and validate the Helm chart offline (Helm's Go SDK, Kubernetes schemas)
+	uv run pytest tests/helm -q

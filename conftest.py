@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from typing import Any
 
 import pytest
+
+# Services started by tests run no ops listener unless the test gives them an OPS_PORT:
+# they would all take the default port 9464.
+os.environ.setdefault("OPS_PORT", "0")
 
 _real_connect = socket.socket.connect
 

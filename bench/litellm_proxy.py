@@ -7,8 +7,8 @@ It is never a project dependency: the first run creates ``<cache>/litellm-venv``
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,11 @@ def ensure_litellm(cache: Path) -> Path:
     executable = venv / "bin" / "litellm"
     if executable.exists():
         return executable
-    uv = [sys.executable, "-m", "uv"]
+    # `uv run` tells its children where uv is; else look on PATH.
+    found = os.environ.get("UV") or shutil.which("uv")
+    if not found:
+        raise RuntimeError("uv is needed to build LiteLLM's throwaway virtualenv")
+    uv = [found]
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(venv)}
     subprocess.run([*uv, "venv", "-q", "-p", "3.12", str(venv)], check=True, env=env)  # noqa: S603
     subprocess.run(  # noqa: S603 - fixed argv

@@ -55,6 +55,8 @@ class Report:
     results: list[Result] = field(default_factory=list)
     rss_mb: dict[str, float] = field(default_factory=dict)
     started: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    load: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    """The machine's load average when the run started: other work skews every target."""
 
 
 def _k6() -> str:
@@ -313,7 +315,8 @@ def render(report: Report, args: argparse.Namespace) -> str:
         "it is not a project dependency.",
         "",
         f"- run: {report.started}; machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; each measurement {args.duration} after a 3 s warm-up",
+        f"Python {platform.python_version()}; each measurement {args.duration} after a 3 s "
+        f"warm-up; load average at the start {report.load[0]:.2f} (1 min)",
         "- latency columns are milliseconds per request as k6 saw them; TTFB is time to the "
         "first response byte (for streams: the first chunk)",
         "",

@@ -194,3 +194,37 @@ def test_up_runs_analytics_when_posthog_is_configured(up: Up, capture: CaptureSe
     (event,) = capture.wait_for_events(1, timeout=30)
     assert event["event"] == "$ai_generation"
     assert "tracked" not in json.dumps(event)  # metadata mode: no prompt text leaves
+
+
+def test_status_reports_every_service_of_the_running_stack(up: Up) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        result = up.cli("status", "--json")
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ready"] is True
+    rows = {row["name"]: row for row in report["services"]}
+    assert set(rows) == {"nats", "valkey", "metering", "router", "edge"}
+    assert rows["edge"]["ports"]["api"] == int(up.base_url.rsplit(":", 1)[1].split("/")[0])
+    ops_ports = {name: rows[name]["ports"]["ops"] for name in ("metering", "router", "edge")}
+    assert len(set(ops_ports.values())) == 3
+    for name in ops_ports:
+        assert rows[name]["status"] == "ok", rows[name]
+        assert rows[name]["pid"] == up.state()["services"][name]  # type: ignore[index]
+    assert rows["metering"]["components"]["consumer"]["status"] == "ok"
+    assert rows["router"]["components"]["catalog"]["status"] == "ok"
+
+    table = up.cli("status")
+    assert table.returncode == 0
+    assert "OPS/METRICS" in table.stdout
+    assert str(ops_ports["router"]) in table.stdout
+
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(60) == 0
+    gone = up.cli("status")
+    assert gone.returncode == 2
+    assert "no stack runs" in gone.stdout
+    assert json.loads(up.cli("status", "--json").stdout)["running"] is False

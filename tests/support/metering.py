@@ -163,6 +163,7 @@ def start_metering(
                 "NATS_URL": nats_url,
                 "CLICKHOUSE_URL": clickhouse_url,
                 "METERING_BATCH_MAX_WAIT": "0.1",
+                "OPS_PORT": "0",
                 **env,
             },
         )

@@ -27,7 +27,8 @@ def _spawn(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "LOG_LEVEL": "INFO", **env},
+            # No ops listener unless a test asks for one: processes would share port 9464.
+            env={**os.environ, "LOG_LEVEL": "INFO", "OPS_PORT": "0", **env},
         )
     return ManagedProcess(name, proc, int(env.get("EDGE_PORT", "0")), log_path)
 

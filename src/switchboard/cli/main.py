@@ -10,6 +10,7 @@ switchboard keys revoke KEY_ID [--json]
 switchboard keys rotate KEY_ID [--grace 3600s] [--json]
 switchboard sql "SELECT ..." [--json]
 switchboard usage erase --key KEY_ID | --user USER [--json]
+switchboard status [--json]
 
 ``keys`` runs ``switchboard-edge keys`` (the edge's own entry point) against the running
 stack's Redis, or ``REDIS_URL`` when no stack runs here; ``switchboard keys --help`` lists
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 
 from switchboard.cli.sql import add_sql_parser, run_sql
 from switchboard.cli.state import StackState, data_dir
+from switchboard.cli.status import add_status_parser, run_status
 from switchboard.cli.usage import add_usage_parser, run_usage
 
 __all__ = ["main"]
@@ -105,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_sql_parser(commands)
     add_usage_parser(commands)
+    add_status_parser(commands)
     return parser
 
 
@@ -119,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_sql(args)
     if args.command == "usage":
         return run_usage(args)
+    if args.command == "status":
+        return run_status(args)
     return _up(args)
 
 

@@ -74,6 +74,8 @@ class Stack:
         self.host = host
         self.port = port
         self.children: list[_Child] = []
+        self.ports: dict[str, dict[str, int]] = {}
+        """Ports of every child, by role."""
         self._stopping = False
         self.analytics = bool(os.environ.get("POSTHOG_API_KEY"))
         """Analytics runs whenever PostHog's own ``POSTHOG_API_KEY`` is set."""
@@ -161,12 +163,18 @@ class Stack:
             "REDIS_URL": redis_url,
             "SWITCHBOARD_DATA_DIR": str(self.directory),
         }
-        self._spawn("metering", [sys.executable, "-m", "switchboard.metering"], common)
-        if self.analytics:
-            self._spawn("analytics", [sys.executable, "-m", "switchboard.analytics"], common)
-        self._spawn("router", [sys.executable, "-m", "switchboard.router"], common)
-        edge_env = {**common, "EDGE_HOST": self.host, "EDGE_PORT": str(self.port)}
-        self._spawn("edge", [sys.executable, "-m", "switchboard.edge", "serve"], edge_env)
+        self.ports = {"nats": {"client": nats_port}, "valkey": {"client": redis_port}}
+        services = ["metering", *(["analytics"] if self.analytics else []), "router", "edge"]
+        for name in services:
+            ops_port = _free_port()
+            env = {**common, "OPS_HOST": "127.0.0.1", "OPS_PORT": str(ops_port)}
+            self.ports[name] = {"ops": ops_port}
+            argv = [sys.executable, "-m", f"switchboard.{name}"]
+            if name == "edge":
+                env |= {"EDGE_HOST": self.host, "EDGE_PORT": str(self.port)}
+                self.ports[name]["api"] = self.port
+                argv.append("serve")
+            self._spawn(name, argv, env)
         self._wait_healthy()
         return StackState(
             pid=os.getpid(),
@@ -174,6 +182,7 @@ class Stack:
             nats_url=nats_url,
             redis_url=redis_url,
             services={child.name: child.proc.pid for child in self.children},
+            ports=self.ports,
         )
 
     def _wait_healthy(self) -> None:

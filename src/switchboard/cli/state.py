@@ -38,6 +38,9 @@ class StackState(BaseModel):
     redis_url: str
     services: dict[str, int]
     """Service name → pid."""
+    ports: dict[str, dict[str, int]] = {}
+    """Service name → its ports by role: ``api`` (the edge's HTTP API), ``ops`` (health and
+    metrics), ``client`` (NATS, Redis)."""
 
     @classmethod
     def load(cls, directory: Path) -> StackState | None:

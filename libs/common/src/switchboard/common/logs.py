@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 import structlog
+from opentelemetry import trace
 
-__all__ = ["bind_context", "clear_context", "configure_logging", "get_logger"]
+__all__ = ["add_trace_ids", "bind_context", "clear_context", "configure_logging", "get_logger"]
 
 _SECRET_WORDS = ("authorization", "api_key", "apikey", "password", "secret", "token", "cookie")
 REDACTED = "[redacted]"
@@ -33,6 +34,17 @@ def _redact_secrets(
     return event
 
 
+def add_trace_ids(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Put the current span's ``trace_id`` and ``span_id`` on the line, when there is one."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Send this process's logs (ours and libraries') to stderr as JSON lines."""
     numeric = logging.getLevelNamesMapping()[level]
@@ -41,6 +53,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_secrets,
+        add_trace_ids,
     ]
     structlog.configure(
         processors=[

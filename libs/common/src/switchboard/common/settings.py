@@ -39,3 +39,8 @@ class ServiceSettings(NatsSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """``LOG_LEVEL``: minimum level written to the JSON log on stderr."""
+    ops_host: str = "127.0.0.1"
+    """``OPS_HOST``: address of the ops listener (``/health/live``, ``/health/ready``,
+    ``/metrics``); ``0.0.0.0`` in a cluster, so that probes and Prometheus reach it."""
+    ops_port: int = Field(default=9464, ge=0, le=65535)
+    """``OPS_PORT``: port of the ops listener; ``0`` disables it."""

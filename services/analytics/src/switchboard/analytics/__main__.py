@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from switchboard.analytics.service import AnalyticsService
 from switchboard.analytics.settings import AnalyticsSettings
 from switchboard.common.logs import configure_logging, get_logger
+from switchboard.common.ops import ops_server
+from switchboard.common.telemetry import setup_telemetry
 
 __all__ = ["main", "run"]
 
@@ -37,8 +39,10 @@ async def run(settings: AnalyticsSettings) -> None:
 
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    service = AnalyticsService(settings)
     try:
-        await AnalyticsService(settings).run(stop)
+        async with ops_server(settings, SERVICE, service.readiness):
+            await service.run(stop)
     finally:
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
@@ -56,7 +60,11 @@ def main() -> None:
         )
         sys.exit(2)
     configure_logging(SERVICE, settings.log_level)
-    asyncio.run(run(settings))
+    telemetry = setup_telemetry(SERVICE)
+    try:
+        asyncio.run(run(settings))
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

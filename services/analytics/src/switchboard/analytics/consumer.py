@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
@@ -35,12 +36,21 @@ from switchboard.analytics.sink import Outcome, PostHogSink
 from switchboard.common import subjects
 from switchboard.common.bus import NATS
 from switchboard.common.logs import get_logger
+from switchboard.common.telemetry import consumed_spans, meter, watch_consumer
 
 __all__ = ["Backoff", "UsageConsumer", "consumer_config"]
 
 log = get_logger(__name__)
 
 _FLUSH_TIMEOUT = 2  # seconds (nats-py types it as int)
+_PENDING_POLL = 5.0
+"""Seconds between two reads of the consumer's backlog (``switchboard_consumer_pending``)."""
+
+posthog_batches = meter("switchboard.analytics").create_counter(
+    "switchboard_posthog_batches",
+    description="Batches sent to PostHog, by outcome (accepted, retry, rejected).",
+)
+_OUTCOMES = ("accepted", "retry", "rejected")
 
 
 class Backoff:
@@ -97,6 +107,28 @@ class UsageConsumer:
         self._policy = policy
         self._settings = settings
         self._backoff = Backoff(settings.analytics_retry_initial, settings.analytics_retry_max)
+        self.consumer_name = settings.analytics_consumer
+        self.bound = False
+        """Bound to the usage stream's durable consumer."""
+        self.pending: int | None = None
+        """Events JetStream holds for this consumer (read every few seconds)."""
+        self.failing_since: float | None = None
+        """``time.monotonic()`` of the first PostHog failure since the last success."""
+        self._pending_read_at = -_PENDING_POLL
+        watch_consumer(self)
+        for outcome in _OUTCOMES:
+            posthog_batches.add(0, {"outcome": outcome})
+
+    async def _read_pending(self, subscription: JetStreamContext.PullSubscription) -> None:
+        now = time.monotonic()
+        if now - self._pending_read_at < _PENDING_POLL:
+            return
+        self._pending_read_at = now
+        try:
+            info = await subscription.consumer_info()
+        except (nats.errors.Error, TimeoutError):
+            return
+        self.pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished and settled first."""
@@ -105,7 +137,9 @@ class UsageConsumer:
             while not stop.is_set():
                 if subscription is None:
                     subscription = await self._subscribe(stop)
+                    self.bound = subscription is not None
                     continue
+                await self._read_pending(subscription)
                 try:
                     messages = await subscription.fetch(
                         self._settings.analytics_batch_size,
@@ -119,6 +153,7 @@ class UsageConsumer:
                     with suppress(nats.errors.Error):
                         await subscription.unsubscribe()
                     subscription = None
+                    self.bound = False
                     await _sleep_unless(stop, self._backoff.next_delay())
                     continue
                 try:
@@ -133,6 +168,7 @@ class UsageConsumer:
                 if delay:
                     await _sleep_unless(stop, delay)
         finally:
+            self.bound = False
             if subscription is not None:
                 with suppress(nats.errors.Error):
                     await subscription.unsubscribe()
@@ -175,6 +211,7 @@ class UsageConsumer:
                 to_send.append((message, decoded.capture))
 
         skipped = len(to_ack)
+        started_ns = time.time_ns()
         outcomes = await self._sink.send([capture for _, capture in to_send])
         retry: list[Msg] = []
         for message, capture in to_send:
@@ -191,6 +228,13 @@ class UsageConsumer:
 
         for message in to_ack:
             await message.ack()
+        self._count_batch(to_send, outcomes)
+        consumed_spans(
+            [message for message, _ in to_send] + to_ack[:skipped],
+            consumer=self.consumer_name,
+            name="analytics.capture",
+            start_time=started_ns,
+        )
         delay = 0.0
         if retry:
             delay = self._backoff.next_delay()
@@ -214,6 +258,21 @@ class UsageConsumer:
             retrying=len(retry),
         )
         return delay
+
+    def _count_batch(
+        self, sent: Sequence[tuple[Msg, Capture]], outcomes: dict[str, Outcome]
+    ) -> None:
+        if not sent:
+            return
+        found = {outcomes.get(capture.uuid) for _, capture in sent}
+        if found - {Outcome.ACCEPTED, Outcome.REJECTED}:
+            posthog_batches.add(1, {"outcome": "retry"})
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+            return
+        self.failing_since = None
+        outcome = "rejected" if Outcome.REJECTED in found else "accepted"
+        posthog_batches.add(1, {"outcome": outcome})
 
 
 def _identify(message: Msg) -> dict[str, Any]:

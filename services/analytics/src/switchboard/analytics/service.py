@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import uuid
 
 from switchboard.analytics.consumer import UsageConsumer
 from switchboard.analytics.generation import CapturePolicy
 from switchboard.analytics.settings import AnalyticsSettings
 from switchboard.analytics.sink import PostHogSink
-from switchboard.common.bus import nats_connection
+from switchboard.common.bus import NATS, nats_connection
 from switchboard.common.logs import get_logger
+from switchboard.common.ops import Components
 
 __all__ = ["AnalyticsService"]
 
 log = get_logger(__name__)
+
+DEGRADED_AFTER = 60.0
+"""Seconds of failing PostHog uploads after which readiness reports ``degraded``."""
 
 
 def _default_instance_id() -> str:
@@ -33,6 +38,26 @@ class AnalyticsService:
     def __init__(self, settings: AnalyticsSettings, *, instance_id: str | None = None) -> None:
         self.settings = settings
         self.instance_id = instance_id or _default_instance_id()
+        self.nc: NATS | None = None
+        """The NATS connection, while running."""
+        self.consumer: UsageConsumer | None = None
+        """The usage consumer, while running."""
+
+    async def readiness(self) -> Components:
+        """Ready: NATS connected and the consumer bound. PostHog failing for longer than
+        ``DEGRADED_AFTER`` s makes it degraded (still ready: events wait in JetStream)."""
+        nc, consumer = self.nc, self.consumer
+        found: Components = {
+            "nats": {"status": "ok" if nc is not None and nc.is_connected else "down"},
+            "consumer": {"status": "ok" if consumer is not None and consumer.bound else "down"},
+        }
+        failing_since = consumer.failing_since if consumer else None
+        failing_for = time.monotonic() - failing_since if failing_since is not None else 0.0
+        found["posthog"] = {
+            "status": "degraded" if failing_for > DEGRADED_AFTER else "ok",
+            "failing_for": round(failing_for, 1),
+        }
+        return found
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down gracefully."""
@@ -51,7 +76,9 @@ class AnalyticsService:
                     hash_distinct_id=settings.analytics_hash_distinct_id,
                     consumer=settings.analytics_consumer,
                 )
+                self.nc = nc
                 consumer = UsageConsumer(nc, sink, CapturePolicy.from_settings(settings), settings)
+                self.consumer = consumer
                 await consumer.run(stop)
                 log.info("analytics.stopping")
         finally:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 from switchboard.common.logs import configure_logging
 from switchboard.edge.keycli import add_key_commands, run_key_command
@@ -19,25 +20,45 @@ from switchboard.edge.settings import EdgeSettings
 __all__ = ["main"]
 
 
-def _serve(settings: EdgeSettings) -> int:
+async def _run(settings: EdgeSettings) -> None:
+    """The API (uvicorn) and the ops listener, in one event loop."""
     # Imported here: ``keys`` commands start fast without the web stack.
     import uvicorn  # noqa: PLC0415
 
+    from switchboard.common.ops import ops_server  # noqa: PLC0415
     from switchboard.edge.app import create_app  # noqa: PLC0415
+    from switchboard.edge.observe import observed  # noqa: PLC0415
+    from switchboard.edge.routes.health import readiness  # noqa: PLC0415
+
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            observed(app),
+            host=settings.edge_host,
+            port=settings.edge_port,
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.nats_drain_timeout),
+        )
+    )
+    async with ops_server(settings, "edge", partial(readiness, app)):
+        await server.serve()
+
+
+def _serve(settings: EdgeSettings) -> int:
+    import uvloop  # noqa: PLC0415
+
+    from switchboard.common.telemetry import setup_telemetry  # noqa: PLC0415
 
     configure_logging("edge", settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.edge_host,
-        port=settings.edge_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.nats_drain_timeout),
-    )
+    telemetry = setup_telemetry("edge")
+    try:
+        asyncio.run(_run(settings), loop_factory=uvloop.new_event_loop)
+    finally:
+        telemetry.shutdown()
     return 0
 
 

@@ -13,7 +13,7 @@ from switchboard.edge.headers import require_https, security_headers
 from switchboard.edge.lifespan import edge_lifespan
 from switchboard.edge.routes.admin import ADMIN_SECURITY_SCHEME, AdminKeys
 from switchboard.edge.routes.chat import chat_completions
-from switchboard.edge.routes.health import health, live, ready
+from switchboard.edge.routes.health import health, live, metrics, ready
 from switchboard.edge.routes.models import list_models
 from switchboard.edge.routes.usage import get_usage
 from switchboard.edge.settings import EdgeSettings
@@ -32,6 +32,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
             ready,
             live,
             AdminKeys,
+            *([metrics] if settings.edge_metrics_on_api_port else []),
         ],
         lifespan=[partial(edge_lifespan, settings)],
         exception_handlers=exception_handlers(),

@@ -112,11 +112,18 @@ class Bus:
         if queue is not None:
             queue.put_nowait(msg)
 
-    async def open(self, subject: str, payload: bytes, *, deadline: float) -> Exchange:
+    async def open(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        deadline: float,
+        headers: dict[str, str] | None = None,
+    ) -> Exchange:
         """Publish ``payload`` on ``subject``; the returned exchange yields its reply frames.
 
         ``deadline`` is on the event loop's clock (``loop.time()``). Close the exchange when
-        done with it.
+        done with it. ``headers`` go with the message (the trace context).
         """
         if not self._nc.is_connected:
             raise ServiceUnavailableError(
@@ -126,7 +133,9 @@ class Bus:
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._queues[token] = queue
         try:
-            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}")
+            await self._nc.publish(
+                subject, payload, reply=f"{self._prefix}.{token}", headers=headers
+            )
         except BaseException:
             del self._queues[token]
             raise

@@ -41,6 +41,7 @@ from switchboard.edge.keycache import CachedKey, KeyCache
 from switchboard.edge.keymodels import KeyRecord, month_of
 from switchboard.edge.keys import hash_secret
 from switchboard.edge.locallimits import LocalLimiter
+from switchboard.edge.observe import rate_limit_rejections
 from switchboard.edge.ratelimit import Limits, Mode, RedisLimiter, Verdict, rate_limit_headers
 from switchboard.edge.settings import EdgeSettings
 
@@ -60,6 +61,18 @@ _AUTH_MESSAGES = {
     "revoked": "This API key has been revoked.",
     "expired": "This API key has expired.",
 }
+
+
+_LAYERS = {
+    "quota_usd": "quota",
+    "quota_tokens": "quota",
+    "too_large": "tpm",
+    "rpm": "rpm",
+    "tpm": "tpm",
+    "concurrency": "concurrency",
+    "ip_rpm": "ip",
+}
+"""The metric's ``layer`` of each refusal verdict."""
 
 
 def estimate_tokens(chat: ChatCompletionRequest, default_completion: int) -> int:
@@ -268,6 +281,7 @@ class Gate:
 
     @staticmethod
     def _blocked_error(seconds: float) -> LimitError:
+        rate_limit_rejections.add(1, {"layer": "auth_guard"})
         return LimitError(
             "Too many failed authentication attempts from your address. "
             f"Please try again in {format_duration(seconds)}.",
@@ -430,6 +444,7 @@ class Gate:
     ) -> LimitError:
         wait = format_duration(verdict.retry_after)
         status = verdict.status
+        rate_limit_rejections.add(1, {"layer": _LAYERS.get(status, "ip")})
         if status in ("quota_usd", "quota_tokens"):
             what = (
                 f"monthly budget of ${limits.budget_usd:g}"

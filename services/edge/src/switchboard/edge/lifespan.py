@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from switchboard.common.bus import NATS, nats_connection
 from switchboard.common.logs import get_logger
+from switchboard.common.telemetry import flush_telemetry
 from switchboard.edge.bus import Bus
 from switchboard.edge.gate import Gate
 from switchboard.edge.keycache import KeyCache, KeyEvents
@@ -83,3 +84,5 @@ async def edge_lifespan(settings: EdgeSettings, app: Litestar) -> AsyncIterator[
         await events.stop()
         await listen_redis.aclose()
         await redis.aclose()
+        # uvicorn ends the process with the signal that stopped it right after this.
+        flush_telemetry()

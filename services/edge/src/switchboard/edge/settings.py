@@ -44,6 +44,10 @@ class EdgeSettings(ServiceSettings):
     edge_health_timeout: float = Field(default=1.0, gt=0)
     """``EDGE_HEALTH_TIMEOUT``: seconds each dependency check of ``/health`` may take."""
 
+    edge_metrics_on_api_port: bool = False
+    """``EDGE_METRICS_ON_API_PORT``: also serve ``/metrics`` on the API port (it is always on
+    the ops port, ``OPS_PORT``). Off by default: the API port is often public."""
+
     # --- keys and the key cache
     switchboard_admin_token: SecretStr | None = None
     """``SWITCHBOARD_ADMIN_TOKEN``: bearer token of the admin API (``/admin/keys``). Unset, the

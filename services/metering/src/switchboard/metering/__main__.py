@@ -15,6 +15,8 @@ import sys
 from pydantic import ValidationError
 
 from switchboard.common.logs import configure_logging, get_logger
+from switchboard.common.ops import ops_server
+from switchboard.common.telemetry import setup_telemetry
 from switchboard.metering.service import MeteringService
 from switchboard.metering.settings import MeteringSettings
 
@@ -38,8 +40,10 @@ async def run(settings: MeteringSettings) -> None:
 
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    service = MeteringService(settings)
     try:
-        await MeteringService(settings).run(stop)
+        async with ops_server(settings, SERVICE, service.readiness):
+            await service.run(stop)
     finally:
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
@@ -57,10 +61,13 @@ def main() -> None:
         )
         sys.exit(2)
     configure_logging(SERVICE, settings.log_level)
+    telemetry = setup_telemetry(SERVICE)
     try:
         asyncio.run(run(settings))
     except Exception:  # noqa: BLE001 - logged by the service as metering.failed
         sys.exit(1)
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

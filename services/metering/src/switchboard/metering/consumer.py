@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from switchboard.common import subjects
 from switchboard.common.bus import NATS
 from switchboard.common.logs import get_logger
+from switchboard.common.telemetry import consumed_spans, meter, watch_consumer
 from switchboard.metering.settings import MeteringSettings
 from switchboard.metering.sink import Batch
 
@@ -37,6 +38,15 @@ _IDLE_FETCH = 0.25
 """Longest wait of one fetch, in seconds: how soon a stop is noticed. An idle replica
 sends JetStream a few pull requests a second, which costs nothing to speak of."""
 _MIN_FETCH = 0.01
+
+_PENDING_POLL = 5.0
+"""Seconds between two reads of the consumer's backlog (``switchboard_consumer_pending``)."""
+
+insert_batch_size = meter("switchboard.metering").create_histogram(
+    "switchboard_insert_batch_size",
+    description="Usage events written to the ledger by one insert.",
+    explicit_bucket_boundaries_advisory=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+)
 
 PullSubscription = JetStreamContext.PullSubscription
 Write = Callable[[Batch], None]
@@ -98,6 +108,22 @@ class UsageConsumer:
         self._write = write
         self._settings = settings
         self.state = ConsumerState()
+        self.consumer_name = settings.metering_consumer
+        self.pending: int | None = None
+        """Events JetStream holds for this consumer (read every few seconds)."""
+        self._pending_read_at = -_PENDING_POLL
+        watch_consumer(self)
+
+    async def _read_pending(self, psub: PullSubscription) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time - self._pending_read_at < _PENDING_POLL:
+            return
+        self._pending_read_at = loop_time
+        try:
+            info = await psub.consumer_info()
+        except (NatsError, TimeoutError):
+            return
+        self.pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then write and acknowledge the open batch."""
@@ -139,6 +165,7 @@ class UsageConsumer:
     async def _consume(self, psub: PullSubscription, stop: asyncio.Event) -> None:
         backoff = _Backoff(self._settings)
         while not stop.is_set():
+            await self._read_pending(psub)
             try:
                 messages = await self._collect(psub, stop)
             except NotFoundError:
@@ -188,6 +215,7 @@ class UsageConsumer:
         backoff = _Backoff(self._settings)
         give_up_at: float | None = None
         started = time.monotonic()
+        started_ns = time.time_ns()
         while True:
             try:
                 await asyncio.to_thread(self._write, batch)
@@ -212,6 +240,10 @@ class UsageConsumer:
         for msg in messages:
             with suppress(NatsError):
                 await msg.ack()
+        insert_batch_size.record(len(batch.rows))
+        consumed_spans(
+            messages, consumer=self.consumer_name, name="metering.record", start_time=started_ns
+        )
         self.state.events_written += len(batch.rows)
         self.state.batches_written += 1
         self.state.last_error = None

@@ -14,6 +14,7 @@ from nats.errors import Error as NatsError
 
 from switchboard.common.bus import NATS, nats_connection
 from switchboard.common.logs import get_logger
+from switchboard.common.ops import Components
 from switchboard.metering import protocol
 from switchboard.metering.clickhouse import (
     Client,
@@ -33,6 +34,8 @@ from switchboard.metering.sink import LedgerSink
 __all__ = ["MeteringService", "OpenLedger", "open_ledger"]
 
 log = get_logger(__name__)
+
+_PING_TIMEOUT = 2.0
 
 
 def _default_instance_id() -> str:
@@ -98,6 +101,36 @@ class MeteringService:
         self._failed = asyncio.Event()
         self._stop = asyncio.Event()
         self._open_error: str | None = None
+        self.nc: NATS | None = None
+        """The NATS connection, while running."""
+
+    async def readiness(self) -> Components:
+        """Ready: NATS connected, the ledger open (a server answering its ping), the
+        consumer bound to the usage stream."""
+        nc, ledger, consumer = self.nc, self.ledger, self.consumer
+        found: Components = {
+            "nats": {"status": "ok" if nc is not None and nc.is_connected else "down"}
+        }
+        if ledger is None:
+            found["clickhouse"] = {"status": "down", "error": self._open_error or "opening"}
+        elif is_embedded(self.settings.clickhouse_dsn):
+            found["clickhouse"] = {"status": "ok", "mode": "embedded"}
+        else:
+            try:
+                answered = await asyncio.wait_for(
+                    asyncio.to_thread(ledger.readonly.ping), _PING_TIMEOUT
+                )
+            except Exception as exc:  # noqa: BLE001 - any failure means "down", by type
+                found["clickhouse"] = {"status": "down", "error": type(exc).__name__}
+            else:
+                found["clickhouse"] = {"status": "ok" if answered else "down", "mode": "server"}
+        state = consumer.state if consumer else None
+        found["consumer"] = {
+            "status": "ok" if state is not None and state.bound else "down",
+            "events_written": state.events_written if state else 0,
+            "last_error": state.last_error if state else None,
+        }
+        return found
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set (or the service fails), then shut down gracefully."""
@@ -128,6 +161,7 @@ class MeteringService:
         settings = self.settings
         self._stop.clear()
         async with nats_connection(settings, name=f"switchboard-metering/{self.instance_id}") as nc:
+            self.nc = nc
             intake = await self._subscribe(nc)
             work = asyncio.create_task(self._work(nc), name="metering-ledger")
             log.info(

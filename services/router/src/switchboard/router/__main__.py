@@ -13,6 +13,8 @@ import sys
 from pydantic import ValidationError
 
 from switchboard.common.logs import configure_logging, get_logger
+from switchboard.common.ops import ops_server
+from switchboard.common.telemetry import setup_telemetry
 from switchboard.router.config import ConfigError, Routing, load_routing
 from switchboard.router.service import RouterService
 from switchboard.router.settings import RouterSettings
@@ -37,8 +39,10 @@ async def run(settings: RouterSettings, routing: Routing | None = None) -> None:
 
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    service = RouterService(settings, routing=routing)
     try:
-        await RouterService(settings, routing=routing).run(stop)
+        async with ops_server(settings, SERVICE, service.readiness):
+            await service.run(stop)
     finally:
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
@@ -64,7 +68,11 @@ def main() -> None:
         )
         print(f"switchboard-router: {exc}", file=sys.stderr)
         sys.exit(2)
-    asyncio.run(run(settings, routing))
+    telemetry = setup_telemetry(SERVICE)
+    try:
+        asyncio.run(run(settings, routing))
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

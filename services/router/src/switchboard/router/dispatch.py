@@ -31,6 +31,7 @@ from switchboard.router.openrouter.errors import (
     to_gateway_error,
 )
 from switchboard.router.routing import Candidate, Route
+from switchboard.router.telemetry import attempt_span
 
 __all__ = ["Verdict", "run_chain", "verdict"]
 
@@ -93,7 +94,8 @@ async def run_chain(
             ledger.candidate, ledger.fallbacks = candidate, position
             began = time.monotonic()
             try:
-                finished = await attempt(candidate)
+                with attempt_span(candidate, retry=retry, position=position):
+                    finished = await attempt(candidate)
             except UpstreamCallError as exc:
                 kind, counts = verdict(exc)
                 if counts:

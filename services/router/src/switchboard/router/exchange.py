@@ -20,6 +20,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
+
 from switchboard.common.chat import ChatCompletionRequest
 from switchboard.common.errors import GatewayError, GatewayTimeoutError, ServiceUnavailableError
 from switchboard.common.events import UsageRecorded, UsageStatus
@@ -36,6 +39,7 @@ from switchboard.router.openrouter.payloads import UpstreamObject
 from switchboard.router.openrouter.usage import UpstreamReport
 from switchboard.router.reply import Reply, ReplyLostError, keepalive
 from switchboard.router.routing import Candidate, Planner
+from switchboard.router.telemetry import chat_span, observe_chat
 from switchboard.router.transcript import TextPolicy
 
 __all__ = ["ChatServices", "serve_chat", "upstream_body"]
@@ -183,14 +187,24 @@ async def _serve(
         ) from None
 
 
-async def serve_chat(envelope: ChatRequest, reply: Reply, services: ChatServices) -> None:
+async def serve_chat(
+    envelope: ChatRequest, reply: Reply, services: ChatServices, *, parent: Context | None = None
+) -> None:
     """Serve ``envelope``, end ``reply`` with exactly one ``t`` or ``e`` frame, and record
-    exactly one usage event.
+    exactly one usage event, all within one span (a child of ``parent``, the trace context
+    the request arrived with).
 
     Never raises except :class:`asyncio.CancelledError`: when the client left (the reply
     is silenced) nothing more is published; any other cancellation (shutdown) still
     tells the client with a 503 ``e`` frame.
     """
+    with chat_span(envelope, parent) as span:
+        await _serve_chat(envelope, reply, services, span)
+
+
+async def _serve_chat(
+    envelope: ChatRequest, reply: Reply, services: ChatServices, span: Span
+) -> None:
     request = envelope.request
     bind_context(request_id=envelope.request_id, key_id=envelope.key.key_id, model=request.model)
     ledger = Ledger(envelope, text=services.usage_text)
@@ -235,6 +249,13 @@ async def serve_chat(envelope: ChatRequest, reply: Reply, services: ChatServices
         if error is not None:
             http_status = error.status
         services.record_usage(ledger.event(status, http_status, error))
+        observe_chat(
+            span,
+            ledger,
+            http_status=http_status,
+            error=error,
+            seconds=ledger.elapsed_ms() / 1000,
+        )
     log.info(
         "chat.failed",
         status=error.status,

@@ -14,6 +14,7 @@ from switchboard.common import subjects
 from switchboard.common.bus import NATS
 from switchboard.common.errors import GatewayError, InvalidRequestError, UpstreamError
 from switchboard.common.logs import get_logger
+from switchboard.common.telemetry import extract_context
 from switchboard.common.wire import ChatRequest, FrameKind, RouterHealth, RouterPong, encode_frame
 from switchboard.router.catalog import ModelCatalog
 from switchboard.router.config import Routing
@@ -130,9 +131,10 @@ class Handlers:
             self._usage.record(ledger.event("cancelled", CLIENT_CLOSED))
             return
         reply = Reply(self._nc, msg.reply, envelope.request_id)
+        parent = extract_context(msg.headers)
 
         def serve(reply: Reply) -> Coroutine[Any, Any, None]:
-            return serve_chat(envelope, reply, self._services)
+            return serve_chat(envelope, reply, self._services, parent=parent)
 
         if self._inflight.spawn(reply, serve) is None:
             # A second delivery of a request already served here: answering it would

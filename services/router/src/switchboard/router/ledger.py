@@ -58,6 +58,13 @@ class Ledger:
         """Milliseconds since the router picked the request up."""
         return _ms(time.monotonic() - self._started)
 
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from pick-up to the first output frame, once there was one."""
+        if self._first_output is None:
+            return None
+        return self._first_output - self._started
+
     def output_started(self) -> None:
         """The first ``c`` or ``r`` frame is going out now."""
         if self._first_output is None:

@@ -25,8 +25,10 @@ from switchboard.common import subjects
 from switchboard.common.bus import NATS
 from switchboard.common.events import UsageRecorded
 from switchboard.common.logs import get_logger
+from switchboard.common.telemetry import inject_headers
 from switchboard.router.backoff import backoff_delay
 from switchboard.router.settings import RouterSettings
+from switchboard.router.telemetry import usage_dropped, usage_published, watch_publisher
 
 __all__ = ["UsagePublisher", "usage_stream_config"]
 
@@ -60,7 +62,8 @@ class UsagePublisher:
     def __init__(self, nc: NATS, settings: RouterSettings) -> None:
         self._js = nc.jetstream(timeout=settings.router_usage_publish_timeout)
         self._config = usage_stream_config(settings)
-        self._queue: deque[UsageRecorded] = deque()
+        self._queue: deque[tuple[UsageRecorded, dict[str, str]]] = deque()
+        """Events with the trace context they were recorded in."""
         self._capacity = settings.router_usage_queue_size
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
@@ -70,6 +73,7 @@ class UsagePublisher:
         """Events given up since start."""
         self.published = 0
         """Events JetStream acknowledged since start."""
+        watch_publisher(self)
 
     @property
     def backlog(self) -> int:
@@ -88,9 +92,9 @@ class UsagePublisher:
 
     def record(self, event: UsageRecorded) -> None:
         """Queue ``event``; returns at once."""
-        self._queue.append(event)
+        self._queue.append((event, inject_headers()))
         if len(self._queue) > self._capacity:
-            self._drop(self._queue.popleft(), reason="queue_full")
+            self._drop(self._queue.popleft()[0], reason="queue_full")
         self._wake.set()
 
     async def close(self, *, grace: float) -> None:
@@ -105,7 +109,7 @@ class UsagePublisher:
             await asyncio.wait([self._task])
             self._task = None
         while self._queue:
-            self._drop(self._queue.popleft(), reason="shutdown")
+            self._drop(self._queue.popleft()[0], reason="shutdown")
 
     async def _ensure_stream(self) -> bool:
         try:
@@ -133,9 +137,10 @@ class UsagePublisher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            event = self._queue[0]
+            entry = self._queue[0]
+            event = entry[0]
             try:
-                await self._publish(event)
+                await self._publish(event, entry[1])
             except (StreamNotFoundError, NoStreamResponseError) as exc:
                 failures += 1
                 log.warning("usage.no_stream", error=type(exc).__name__, backlog=self.backlog)
@@ -151,24 +156,26 @@ class UsagePublisher:
                 )
             else:
                 failures = 0
-                if self._queue and self._queue[0] is event:
+                if self._queue and self._queue[0] is entry:
                     self._queue.popleft()
                 continue
             wait = backoff_delay(failures, base=_RETRY_BASE, cap=_RETRY_CAP)
             await asyncio.sleep(max(wait, _RETRY_BASE / 2))  # never a busy loop
 
-    async def _publish(self, event: UsageRecorded) -> None:
+    async def _publish(self, event: UsageRecorded, trace_headers: dict[str, str]) -> None:
         ack = await self._js.publish(
             subjects.USAGE_RECORDED,
             event.model_dump_json().encode(),
-            headers={_MSG_ID: event.event_id},
+            headers={**trace_headers, _MSG_ID: event.event_id},
         )
         self.published += 1
+        usage_published.add(1)
         if ack.duplicate:
             log.info("usage.duplicate", request_id=event.request_id)
 
     def _drop(self, event: UsageRecorded, *, reason: str) -> None:
         self.dropped += 1
+        usage_dropped.add(1)
         log.error(
             "usage.dropped",
             reason=reason,

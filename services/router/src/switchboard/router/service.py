@@ -14,6 +14,7 @@ from nats.errors import Error as NatsError
 from switchboard.common import subjects
 from switchboard.common.bus import NATS, nats_connection
 from switchboard.common.logs import get_logger
+from switchboard.common.ops import Components
 from switchboard.router.breaker import Breakers
 from switchboard.router.catalog import ModelCatalog
 from switchboard.router.config import Routing, load_routing
@@ -24,6 +25,7 @@ from switchboard.router.openrouter.client import OpenRouterClient, open_pool
 from switchboard.router.publisher import UsagePublisher
 from switchboard.router.routing import Planner
 from switchboard.router.settings import RouterSettings
+from switchboard.router.telemetry import watch_breakers
 from switchboard.router.transcript import TextPolicy
 
 __all__ = ["RouterService"]
@@ -64,6 +66,31 @@ class RouterService:
         """The model catalog, while running."""
         self.usage: UsagePublisher | None = None
         """The usage event publisher, while running."""
+        self.nc: NATS | None = None
+        """The NATS connection, while running."""
+        watch_breakers(self.breakers)
+
+    async def readiness(self) -> Components:
+        """Ready: NATS connected and a model catalog (a stale or cached one: degraded)."""
+        nc, catalog, usage = self.nc, self.catalog, self.usage
+        found: Components = {
+            "nats": {"status": "ok" if nc is not None and nc.is_connected else "down"}
+        }
+        if catalog is None or not catalog.loaded:
+            found["catalog"] = {"status": "down", "catalog": "empty"}
+        else:
+            found["catalog"] = {
+                "status": "ok" if catalog.status == "fresh" else "degraded",
+                "catalog": catalog.status,
+                "models": len(catalog.models),
+            }
+        if usage is not None:
+            found["usage"] = {
+                "status": "ok" if usage.healthy else "degraded",
+                "backlog": usage.backlog,
+                "dropped": usage.dropped,
+            }
+        return found
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully."""
@@ -78,6 +105,7 @@ class RouterService:
             open_pool(settings) as http,
             nats_connection(settings, name=f"switchboard-router/{self.instance_id}") as nc,
         ):
+            self.nc = nc
             clients = {
                 name: OpenRouterClient(
                     http, provider, connect_timeout=settings.router_upstream_connect_timeout

@@ -14,6 +14,7 @@ from litestar.response import Stream
 from switchboard.common import subjects
 from switchboard.common.errors import ErrorBody, ErrorDetail, GatewayError, UpstreamError
 from switchboard.common.logs import bind_context, get_logger
+from switchboard.common.telemetry import inject_headers
 from switchboard.common.wire import (
     ChatRequest,
     CompletionFailed,
@@ -27,6 +28,7 @@ from switchboard.edge.bus import Bus, Exchange
 from switchboard.edge.errors import error_response
 from switchboard.edge.gate import Admission
 from switchboard.edge.lifespan import EdgeServices, HttpRequest, services_of
+from switchboard.edge.observe import current_span
 from switchboard.edge.requests import parse_chat_request
 
 __all__ = ["chat_completions"]
@@ -85,6 +87,14 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
     admission = await gate.admit(authorization, ip, chat, request_id)
     identity = admission.identity
     bind_context(request_id=request_id, key_id=identity.key_id, model=chat.model)
+    current_span().set_attributes(
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": chat.model,
+            "switchboard.request_id": request_id,
+            "switchboard.key_id": identity.key_id,
+        }
+    )
     headers = {"x-request-id": request_id, **admission.headers}
     try:
         now = time.time()
@@ -98,7 +108,9 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
         )
         payload = envelope.encode()
         deadline = asyncio.get_running_loop().time() + settings.edge_request_timeout
-        exchange = await services.bus.open(subjects.CHAT_REQUEST, payload, deadline=deadline)
+        exchange = await services.bus.open(
+            subjects.CHAT_REQUEST, payload, deadline=deadline, headers=inject_headers()
+        )
         if chat.wants_stream:
             return await _stream(services, exchange, admission, headers)
         return await _complete(services.bus, request, exchange, admission, headers)

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import MediaType, Response, get
+from litestar import Litestar, MediaType, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from switchboard.common import subjects
 from switchboard.common.errors import GatewayError
+from switchboard.common.ops import Components, metrics_text
 from switchboard.common.wire import RouterPong
 from switchboard.edge.lifespan import EdgeServices, HttpRequest, services_of
 
-__all__ = ["health", "live", "ready"]
+__all__ = ["components", "health", "live", "metrics", "readiness", "ready"]
 
 
 async def _check_redis(services: EdgeServices) -> dict[str, Any]:
@@ -38,8 +40,8 @@ async def _check_router(services: EdgeServices) -> dict[str, Any]:
     return {"status": "ok", "instance": pong.instance_id}
 
 
-async def _report(request: HttpRequest) -> Response[dict[str, Any]]:
-    services = services_of(request.app)
+async def components(services: EdgeServices) -> Components:
+    """Each dependency's state: NATS, Redis, a router."""
     nats_ok = services.nc.is_connected
     components: dict[str, dict[str, Any]] = {"nats": {"status": "ok" if nats_ok else "down"}}
     redis, router = await asyncio.gather(
@@ -48,9 +50,22 @@ async def _report(request: HttpRequest) -> Response[dict[str, Any]]:
     )
     components["redis"] = redis
     components["router"] = router
-    healthy = all(component["status"] == "ok" for component in components.values())
+    return components
+
+
+async def readiness(app: Litestar) -> Components:
+    """The ops listener's readiness of a running app (down until its lifespan started)."""
+    services: EdgeServices | None = getattr(app.state, "services", None)
+    if services is None:
+        return {"edge": {"status": "down", "error": "starting"}}
+    return await components(services)
+
+
+async def _report(request: HttpRequest) -> Response[dict[str, Any]]:
+    found = await components(services_of(request.app))
+    healthy = all(component["status"] == "ok" for component in found.values())
     return Response(
-        content={"status": "ok" if healthy else "unavailable", "components": components},
+        content={"status": "ok" if healthy else "unavailable", "components": found},
         status_code=200 if healthy else 503,
         media_type=MediaType.JSON,
     )
@@ -72,3 +87,9 @@ async def ready(request: HttpRequest) -> Response[dict[str, Any]]:
 async def live() -> dict[str, str]:
     """Liveness: the process serves HTTP."""
     return {"status": "ok"}
+
+
+@get("/metrics", cache=False, include_in_schema=False)
+async def metrics() -> Response[bytes]:
+    """Prometheus metrics; routed only with ``EDGE_METRICS_ON_API_PORT=true``."""
+    return Response(content=metrics_text(), media_type=CONTENT_TYPE_LATEST)

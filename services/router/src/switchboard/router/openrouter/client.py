@@ -16,6 +16,7 @@ import orjson
 from httpx_sse import EventSource, SSEError
 
 from switchboard.common.errors import GatewayError
+from switchboard.common.telemetry import inject_headers
 from switchboard.router.config import Provider
 from switchboard.router.openrouter.errors import (
     UpstreamBusyError,
@@ -139,7 +140,7 @@ class OpenRouterClient:
             response = await self._http.post(
                 f"{self._base_url}/chat/completions",
                 content=orjson.dumps(body),
-                headers={**self._headers, "Content-Type": _JSON},
+                headers=inject_headers({**self._headers, "Content-Type": _JSON}),
                 timeout=self._timeout(timeout),
             )
         _raise_for_status(response, body)
@@ -156,12 +157,14 @@ class OpenRouterClient:
                 f"{self._base_url}/chat/completions",
                 content=orjson.dumps(body),
                 timeout=self._timeout(timeout),
-                headers={
-                    **self._headers,
-                    "Content-Type": _JSON,
-                    "Accept": "text/event-stream",
-                    "Cache-Control": "no-store",
-                },
+                headers=inject_headers(
+                    {
+                        **self._headers,
+                        "Content-Type": _JSON,
+                        "Accept": "text/event-stream",
+                        "Cache-Control": "no-store",
+                    }
+                ),
             ) as response:
                 if not response.is_success:
                     await response.aread()
