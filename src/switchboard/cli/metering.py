@@ -13,7 +13,6 @@ from typing import Any
 import nats
 import orjson
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from switchboard.cli.state import StackState, data_dir
 from switchboard.common.subjects import METERING_ERASE, METERING_SQL
@@ -55,7 +54,7 @@ async def _ask(url: str, subject: str, body: dict[str, Any], timeout: float) -> 
         reply = await nc.request(subject, orjson.dumps(body), timeout=timeout)
     except NoRespondersError:
         raise MeteringCallError("metering is not running (no responder on NATS)") from None
-    except NatsTimeoutError:
+    except TimeoutError:  # nats-py's own subclass, or asyncio's
         raise MeteringCallError(f"metering did not answer within {timeout} s") from None
     finally:
         await nc.close()

@@ -145,7 +145,7 @@ class UsageConsumer:
                         self._settings.analytics_batch_size,
                         timeout=self._settings.analytics_fetch_wait,
                     )
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own subclass and asyncio's plain one
                     continue
                 except nats.errors.Error as exc:
                     # A disconnect, or the consumer was deleted: bind again after a pause.

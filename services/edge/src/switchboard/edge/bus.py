@@ -14,7 +14,6 @@ from collections.abc import Callable
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from switchboard.common import subjects
 from switchboard.common.errors import GatewayTimeoutError, ServiceUnavailableError, UpstreamError
@@ -152,7 +151,7 @@ class Bus:
             msg = await self._nc.request(subject, payload, timeout=timeout)
         except NoRespondersError:
             raise ServiceUnavailableError(_NO_ROUTER, code="no_router") from None
-        except NatsTimeoutError:
+        except TimeoutError:  # nats-py's own subclass, or asyncio's
             raise GatewayTimeoutError("The router did not answer in time.") from None
         return msg.data
 

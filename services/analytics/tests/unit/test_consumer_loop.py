@@ -1,0 +1,41 @@
+"""The consume loop's handling of fetch outcomes (no server needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from switchboard.analytics.consumer import UsageConsumer
+from switchboard.analytics.settings import AnalyticsSettings
+
+
+async def test_a_plain_asyncio_timeout_from_fetch_is_an_empty_fetch() -> None:
+    # nats-py's fetch raises asyncio's own TimeoutError on one path, not its subclass.
+    consumer = UsageConsumer.__new__(UsageConsumer)
+    consumer._settings = AnalyticsSettings(posthog_api_key="phc_test", analytics_fetch_wait=0.01)  # type: ignore[call-arg]
+    consumer.bound = False
+    stop = asyncio.Event()
+    fetches = 0
+
+    class Subscription:
+        async def fetch(self, *_args: object, **_kwargs: object) -> list[Any]:
+            nonlocal fetches
+            fetches += 1
+            if fetches == 3:
+                stop.set()
+            raise TimeoutError
+
+        async def unsubscribe(self) -> None:
+            return None
+
+    async def subscribe(_stop: asyncio.Event) -> Subscription:
+        return Subscription()
+
+    async def read_pending(_subscription: object) -> None:
+        return None
+
+    consumer._subscribe = subscribe  # type: ignore[method-assign,assignment]
+    consumer._read_pending = read_pending  # type: ignore[method-assign,assignment]
+    await asyncio.wait_for(consumer.run(stop), 5)
+    assert fetches == 3
+    assert consumer.bound is False
