@@ -7,64 +7,25 @@ to JetStream), no new batch is fetched, the SDK's worker stops, NATS is drained,
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
-
-from pydantic import ValidationError
-
 from switchboard.analytics.service import AnalyticsService
 from switchboard.analytics.settings import AnalyticsSettings
-from switchboard.common.logs import configure_logging, get_logger
-from switchboard.common.ops import ops_server
-from switchboard.common.telemetry import setup_telemetry
+from switchboard.common.worker import load_settings, run_process, serve_until_stopped
 
 __all__ = ["main", "run"]
 
 SERVICE = "analytics"
 
-log = get_logger(__name__)
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
 
 async def run(settings: AnalyticsSettings) -> None:
     """Consume until SIGTERM or SIGINT, then shut down gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: signal.Signals) -> None:
-        log.info("analytics.signal", signal=signum.name)
-        stop.set()
-
-    for signum in _STOP_SIGNALS:
-        loop.add_signal_handler(signum, on_signal, signum)
     service = AnalyticsService(settings)
-    try:
-        async with ops_server(settings, SERVICE, service.readiness):
-            await service.run(stop)
-    finally:
-        for signum in _STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
+    await serve_until_stopped(SERVICE, settings, service.readiness, service.run)
 
 
 def main() -> None:
     """Read settings, configure logging, consume."""
-    try:
-        settings = AnalyticsSettings()
-    except ValidationError as exc:
-        configure_logging(SERVICE)
-        log.error(  # noqa: TRY400 - the traceback would add nothing to the field errors
-            "settings.invalid",
-            errors=exc.errors(include_url=False, include_input=False, include_context=False),
-        )
-        sys.exit(2)
-    configure_logging(SERVICE, settings.log_level)
-    telemetry = setup_telemetry(SERVICE)
-    try:
-        asyncio.run(run(settings))
-    finally:
-        telemetry.shutdown()
+    settings = load_settings(AnalyticsSettings, SERVICE)
+    run_process(SERVICE, lambda: run(settings))
 
 
 if __name__ == "__main__":

@@ -8,15 +8,9 @@ it gave up (a schema it cannot migrate), 2 for invalid settings.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
-from pydantic import ValidationError
-
-from switchboard.common.logs import configure_logging, get_logger
-from switchboard.common.ops import ops_server
-from switchboard.common.telemetry import setup_telemetry
+from switchboard.common.worker import load_settings, run_process, serve_until_stopped
 from switchboard.metering.service import MeteringService
 from switchboard.metering.settings import MeteringSettings
 
@@ -24,50 +18,20 @@ __all__ = ["main", "run"]
 
 SERVICE = "metering"
 
-log = get_logger(__name__)
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
 
 async def run(settings: MeteringSettings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: signal.Signals) -> None:
-        log.info("metering.signal", signal=signum.name)
-        stop.set()
-
-    for signum in _STOP_SIGNALS:
-        loop.add_signal_handler(signum, on_signal, signum)
     service = MeteringService(settings)
-    try:
-        async with ops_server(settings, SERVICE, service.readiness):
-            await service.run(stop)
-    finally:
-        for signum in _STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
+    await serve_until_stopped(SERVICE, settings, service.readiness, service.run)
 
 
 def main() -> None:
     """Read settings, configure logging, serve."""
+    settings = load_settings(MeteringSettings, SERVICE)
     try:
-        settings = MeteringSettings()
-    except ValidationError as exc:
-        configure_logging(SERVICE)
-        log.error(  # noqa: TRY400 - the traceback would add nothing to the field errors
-            "settings.invalid",
-            errors=exc.errors(include_url=False, include_input=False, include_context=False),
-        )
-        sys.exit(2)
-    configure_logging(SERVICE, settings.log_level)
-    telemetry = setup_telemetry(SERVICE)
-    try:
-        asyncio.run(run(settings))
+        run_process(SERVICE, lambda: run(settings))
     except Exception:  # noqa: BLE001 - logged by the service as metering.failed
         sys.exit(1)
-    finally:
-        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -6,15 +6,10 @@ SIGTERM or SIGINT stops the router gracefully: no new requests, in-flight ones f
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
-from pydantic import ValidationError
-
-from switchboard.common.logs import configure_logging, get_logger
-from switchboard.common.ops import ops_server
-from switchboard.common.telemetry import setup_telemetry
+from switchboard.common.logs import get_logger
+from switchboard.common.worker import load_settings, run_process, serve_until_stopped
 from switchboard.router.config import ConfigError, Routing, load_routing
 from switchboard.router.service import RouterService
 from switchboard.router.settings import RouterSettings
@@ -25,41 +20,16 @@ SERVICE = "router"
 
 log = get_logger(__name__)
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
 
 async def run(settings: RouterSettings, routing: Routing | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: signal.Signals) -> None:
-        log.info("router.signal", signal=signum.name)
-        stop.set()
-
-    for signum in _STOP_SIGNALS:
-        loop.add_signal_handler(signum, on_signal, signum)
     service = RouterService(settings, routing=routing)
-    try:
-        async with ops_server(settings, SERVICE, service.readiness):
-            await service.run(stop)
-    finally:
-        for signum in _STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
+    await serve_until_stopped(SERVICE, settings, service.readiness, service.run)
 
 
 def main() -> None:
-    """Read settings, configure logging, serve."""
-    try:
-        settings = RouterSettings()
-    except ValidationError as exc:
-        configure_logging(SERVICE)
-        log.error(  # noqa: TRY400 - the traceback would add nothing to the field errors
-            "settings.invalid",
-            errors=exc.errors(include_url=False, include_input=False, include_context=False),
-        )
-        sys.exit(2)
-    configure_logging(SERVICE, settings.log_level)
+    """Read settings and the routing configuration, configure logging, serve."""
+    settings = load_settings(RouterSettings, SERVICE)
     try:
         routing = load_routing(settings)
     except ConfigError as exc:
@@ -68,11 +38,7 @@ def main() -> None:
         )
         print(f"switchboard-router: {exc}", file=sys.stderr)
         sys.exit(2)
-    telemetry = setup_telemetry(SERVICE)
-    try:
-        asyncio.run(run(settings, routing))
-    finally:
-        telemetry.shutdown()
+    run_process(SERVICE, lambda: run(settings, routing))
 
 
 if __name__ == "__main__":
