@@ -17,6 +17,7 @@ from switchboard.common.bus import NATS, nats_connection
 from switchboard.common.logs import get_logger
 from switchboard.common.telemetry import flush_telemetry
 from switchboard.edge.bus import Bus
+from switchboard.edge.cache import ResponseCache
 from switchboard.edge.gate import Gate
 from switchboard.edge.keycache import KeyCache, KeyEvents
 from switchboard.edge.keys import KeyStore
@@ -45,6 +46,8 @@ class EdgeServices:
     keys: KeyStore
     cache: KeyCache
     gate: Gate
+    responses: ResponseCache
+    """The exact-match response cache (:mod:`switchboard.edge.cache`)."""
 
 
 def services_of(app: Litestar) -> EdgeServices:
@@ -75,10 +78,16 @@ async def edge_lifespan(settings: EdgeSettings, app: Litestar) -> AsyncIterator[
         async with nats_connection(settings, name="switchboard-edge") as nc:
             bus = Bus(nc, idle_timeout=settings.edge_idle_timeout)
             await bus.start()
-            app.state.services = EdgeServices(settings, nc, bus, redis, keys, cache, gate)
+            responses = ResponseCache(settings, redis, nc.jetstream())
+            app.state.services = EdgeServices(
+                settings, nc, bus, redis, keys, cache, gate, responses
+            )
             log.info("edge.started", host=settings.edge_host, port=settings.edge_port)
-            yield
-            log.info("edge.stopping")
+            try:
+                yield
+            finally:
+                log.info("edge.stopping")
+                await responses.stop()
     finally:
         await gate.stop()
         await events.stop()

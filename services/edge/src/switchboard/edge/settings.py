@@ -10,10 +10,11 @@ from pydantic_settings import NoDecode
 
 from switchboard.common.settings import ServiceSettings
 
-__all__ = ["EdgeSettings", "Network", "RedisFailurePolicy"]
+__all__ = ["CacheScope", "EdgeSettings", "Network", "RedisFailurePolicy"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 RedisFailurePolicy = Literal["cached", "closed"]
+CacheScope = Literal["key", "shared"]
 
 
 class EdgeSettings(ServiceSettings):
@@ -110,6 +111,15 @@ class EdgeSettings(ServiceSettings):
     edge_redis_max_connections: int = Field(default=64, gt=0)
     """``EDGE_REDIS_MAX_CONNECTIONS``: pooled Redis connections per edge process; requests
     beyond that wait for a free one."""
+
+    # --- response cache
+    edge_cache_ttl: float = Field(default=3600.0, ge=0)
+    """``EDGE_CACHE_TTL``: seconds a deterministic answer (``temperature`` 0 or a ``seed``,
+    one choice) is kept in Redis and served again without calling a model; 0 turns the
+    response cache off."""
+    edge_cache_scope: CacheScope = "key"
+    """``EDGE_CACHE_SCOPE``: ``key`` keeps each API key's cached answers to itself;
+    ``shared`` lets every key be served answers cached for another."""
 
     @field_validator("switchboard_admin_token", mode="before")
     @classmethod

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import orjson
 from litestar import MediaType, Response, post
 from litestar.response import Stream
 
 from switchboard.common import subjects
+from switchboard.common.chat import ChatCompletionRequest
 from switchboard.common.errors import ErrorBody, ErrorDetail, GatewayError, UpstreamError
 from switchboard.common.logs import bind_context, get_logger
 from switchboard.common.telemetry import inject_headers
@@ -22,13 +23,15 @@ from switchboard.common.wire import (
     CompletionStarted,
     Frame,
     FrameKind,
+    TokenUsage,
 )
 from switchboard.edge.auth import bearer_secret
 from switchboard.edge.bus import Bus, Exchange
+from switchboard.edge.cache import CACHE_HEADER, CachedAnswer, ResponseCache
 from switchboard.edge.errors import error_response
 from switchboard.edge.gate import Admission
 from switchboard.edge.lifespan import EdgeServices, HttpRequest, services_of
-from switchboard.edge.observe import current_span
+from switchboard.edge.observe import cache_hits, current_span
 from switchboard.edge.requests import parse_chat_request
 
 __all__ = ["chat_completions"]
@@ -52,6 +55,49 @@ def _failure(frame: Frame, headers: dict[str, str]) -> GatewayError:
         retry_after=failed.retry_after,
         error_type=failed.error.type,
     )
+
+
+_Store = tuple[ResponseCache, str]
+"""Where a cacheable answer goes once complete: the cache and its entry's key."""
+
+
+async def _serve_cached(
+    responses: ResponseCache,
+    cached: CachedAnswer,
+    chat: ChatCompletionRequest,
+    admission: Admission,
+    headers: dict[str, str],
+    *,
+    received_at: float,
+) -> Response[bytes] | Stream:
+    """Answer from the cache: no router, no cost; RPM was counted by the admission."""
+    await admission.finish(
+        CompletionFinished(
+            request_id=admission.request_id,
+            served_model=cached.served_model,
+            provider=cached.provider,
+            usage=TokenUsage(),
+            cost_usd=0.0,
+        )
+    )
+    responses.record_hit(
+        request_id=admission.request_id,
+        identity=admission.identity,
+        chat=chat,
+        answer=cached,
+        received_at=received_at,
+    )
+    cache_hits.add(1)
+    log.info("chat.cache_hit", key_id=admission.identity.key_id)
+    headers[CACHE_HEADER] = "hit"
+    headers["x-switchboard-model"] = cached.served_model
+    headers["x-switchboard-fallbacks"] = "0"
+    if chat.wants_stream:
+        headers["cache-control"] = "no-store"
+        headers["x-accel-buffering"] = "no"
+        events: Iterator[bytes] = cached.sse(include_usage=chat.wants_usage_chunk)
+        return Stream(events, media_type="text/event-stream", headers=headers)
+    return Response(content=cached.completion(), media_type=MediaType.JSON, headers=headers)
 
 
 def _sse_error(detail: ErrorDetail) -> bytes:
@@ -96,7 +142,17 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
         }
     )
     headers = {"x-request-id": request_id, **admission.headers}
+    received_at = time.time()
     try:
+        responses = services.responses
+        cache_key = responses.key_for(chat, request.headers, identity.key_id)
+        headers[CACHE_HEADER] = "bypass" if cache_key is None else "miss"
+        if cache_key is not None:
+            cached = await responses.get(cache_key)
+            if cached is not None:
+                return await _serve_cached(
+                    responses, cached, chat, admission, headers, received_at=received_at
+                )
         now = time.time()
         envelope = ChatRequest(
             request_id=request_id,
@@ -111,9 +167,10 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
         exchange = await services.bus.open(
             subjects.CHAT_REQUEST, payload, deadline=deadline, headers=inject_headers()
         )
+        store = (responses, cache_key) if cache_key is not None else None
         if chat.wants_stream:
-            return await _stream(services, exchange, admission, headers)
-        return await _complete(services.bus, request, exchange, admission, headers)
+            return await _stream(services, exchange, admission, headers, store)
+        return await _complete(services.bus, request, exchange, admission, headers, store=store)
     except GatewayError as exc:
         admission.abandon(consumed=False)
         return error_response(exc.detail, exc.status, retry_after=exc.retry_after, headers=headers)
@@ -128,6 +185,8 @@ async def _complete(
     exchange: Exchange,
     admission: Admission,
     headers: dict[str, str],
+    *,
+    store: _Store | None,
 ) -> Response[bytes]:
     """Wait for the whole answer; if the client leaves first, cancel the upstream call."""
     collect = asyncio.ensure_future(_collect(exchange, headers))
@@ -143,6 +202,8 @@ async def _complete(
         exchange.close()
     body, finished = collect.result()
     await admission.finish(finished)
+    if store is not None:
+        store[0].store(store[1], CachedAnswer.of(finished, body=body))
     headers["x-switchboard-model"] = finished.served_model
     headers["x-switchboard-fallbacks"] = str(finished.fallbacks)
     return Response(content=body, media_type=MediaType.JSON, headers=headers)
@@ -170,7 +231,11 @@ async def _wait_for_disconnect(request: HttpRequest) -> None:
 
 
 async def _stream(
-    services: EdgeServices, exchange: Exchange, admission: Admission, headers: dict[str, str]
+    services: EdgeServices,
+    exchange: Exchange,
+    admission: Admission,
+    headers: dict[str, str],
+    store: _Store | None,
 ) -> Stream:
     """Start the SSE response once the first chunk is there.
 
@@ -202,14 +267,14 @@ async def _stream(
     headers["cache-control"] = "no-store"
     headers["x-accel-buffering"] = "no"
     return Stream(
-        _relay(services.bus, exchange, admission, first),
+        _relay(services.bus, exchange, admission, first, store),
         media_type="text/event-stream",
         headers=headers,
     )
 
 
 async def _relay(
-    bus: Bus, exchange: Exchange, admission: Admission, first: Frame
+    bus: Bus, exchange: Exchange, admission: Admission, first: Frame, store: _Store | None
 ) -> AsyncIterator[bytes]:
     """Write chunks as they arrive, framing them as SSE without parsing them.
 
@@ -218,11 +283,14 @@ async def _relay(
     """
     finished = False
     chunks = 1
+    kept = [first.body] if store is not None else None
     try:
         yield b"data: " + first.body + b"\n\n"
         async for frame in exchange:
             if frame.kind is FrameKind.CHUNK:
                 chunks += 1
+                if kept is not None:
+                    kept.append(frame.body)
                 yield b"data: " + frame.body + b"\n\n"
             elif frame.kind is FrameKind.END:
                 finished = True
@@ -237,6 +305,8 @@ async def _relay(
                         ).detail
                     )
                     return
+                if store is not None:
+                    store[0].store(store[1], CachedAnswer.of(report, chunks=kept))
                 yield _DONE
                 return
             elif frame.kind is FrameKind.ERROR:
