@@ -202,12 +202,14 @@ def measure(
     stream: bool,
     concurrencies: list[int],
     duration: str,
+    seed: bool = False,
 ) -> None:
-    run_k6(base_url, key, stream=stream, vus=8, duration="3s")  # warm-up, not recorded
+    """Measure ``target`` at each concurrency; ``seed`` sends one deterministic request
+    over and over (after the warm-up every one is a response-cache hit)."""
+    run_k6(base_url, key, stream=stream, vus=8, duration="3s", seed=seed)  # warm-up
     for vus in concurrencies:
-        result = _result(
-            target, stream, vus, run_k6(base_url, key, stream=stream, vus=vus, duration=duration)
-        )
+        summary = run_k6(base_url, key, stream=stream, vus=vus, duration=duration, seed=seed)
+        result = _result(target, stream, vus, summary)
         report.results.append(result)
         print(
             f"{target:<22} stream={stream!s:<5} vus={vus:<5} rps={result.rps:8.1f} "
@@ -252,6 +254,16 @@ def main(argv: list[str] | None = None) -> int:
                         stream=stream,
                         concurrencies=levels,
                         duration=args.duration,
+                    )
+                    measure(
+                        report,
+                        "switchboard (cache hits)",
+                        base_url,
+                        key,
+                        stream=stream,
+                        concurrencies=args.concurrency,
+                        duration=args.duration,
+                        seed=True,
                     )
                     for name in ("edge", "router"):
                         report.rss_mb[f"switchboard {name}"] = max(
