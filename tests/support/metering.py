@@ -21,6 +21,7 @@ from nats.js.api import StreamConfig
 
 from switchboard.common import subjects
 from switchboard.common.events import UsageRecorded
+from switchboard.common.metering import ERROR_CODE_HEADER
 from switchboard.common.subjects import METERING_PING, METERING_SQL
 from tests.support.servers import ManagedProcess
 
@@ -139,7 +140,7 @@ async def metering_pong(nc: Nats) -> dict[str, Any] | None:
 async def sql_over_nats(nc: Nats, sql: str) -> list[list[Any]]:
     """Rows of a read-only query answered by a running metering (which owns the ledger)."""
     reply = await nc.request(METERING_SQL, orjson.dumps({"sql": sql}), timeout=10)
-    if reply.headers and "Nats-Service-Error-Code" in reply.headers:
+    if reply.headers and ERROR_CODE_HEADER in reply.headers:
         raise AssertionError(reply.data.decode())
     rows: list[list[Any]] = orjson.loads(reply.data)["rows"]
     return rows

@@ -31,9 +31,10 @@ from tests.support.servers import ManagedProcess, start_nats
 
 from switchboard.common import subjects
 from switchboard.common.errors import AuthenticationError
+from switchboard.common.metering import UsageReport
 from switchboard.common.wire import KeyIdentity
 from switchboard.edge.errors import exception_handlers
-from switchboard.edge.routes.usage import UsageReport, get_usage
+from switchboard.edge.routes.usage import get_usage
 
 ADMIN_TOKEN = "sb-admin-test-token"
 KEYS = {"sk-sb-alpha": "key_alpha", "sk-sb-beta": "key_beta"}

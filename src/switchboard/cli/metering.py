@@ -1,7 +1,7 @@
 """Talking to metering over NATS from the ``switchboard`` command (request/reply).
 
-The subjects and headers mirror :mod:`switchboard.metering.protocol`; they move to
-``switchboard.common.subjects`` once that module carries them.
+Message models and headers: :mod:`switchboard.common.metering`; subjects:
+:mod:`switchboard.common.subjects`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import orjson
 from nats.errors import NoRespondersError
 
 from switchboard.cli.state import StackState, data_dir
+from switchboard.common.metering import ERROR_CODE_HEADER
 from switchboard.common.subjects import METERING_ERASE, METERING_SQL
 
 __all__ = [
@@ -24,8 +25,6 @@ __all__ = [
     "ask_metering",
     "metering_nats_url",
 ]
-
-_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
 
 class MeteringCallError(Exception):
@@ -59,7 +58,7 @@ async def _ask(url: str, subject: str, body: dict[str, Any], timeout: float) -> 
     finally:
         await nc.close()
     answer: Any = orjson.loads(reply.data)
-    if reply.headers and _ERROR_CODE_HEADER in reply.headers:
+    if reply.headers and ERROR_CODE_HEADER in reply.headers:
         error = answer.get("error", {}) if isinstance(answer, dict) else {}
         raise MeteringCallError(str(error.get("message") or reply.data.decode()))
     return answer

@@ -15,8 +15,8 @@ from nats.aio.client import Client
 from tests.support.clickhouse import LedgerTarget
 from tests.support.servers import ManagedProcess, start_nats
 
-from switchboard.metering import protocol
-from switchboard.metering.protocol import MeteringPong
+from switchboard.common import metering as protocol
+from switchboard.common.metering import MeteringPong
 from switchboard.metering.service import MeteringService
 from switchboard.metering.settings import MeteringSettings
 

@@ -14,10 +14,10 @@ from nats.aio.client import Client as Nats
 from tests.support.clickhouse import LedgerTarget, client_for
 from tests.support.servers import free_port
 
+from switchboard.common import metering as protocol
 from switchboard.common import subjects
-from switchboard.metering import protocol
+from switchboard.common.metering import EraseResult, SqlResult, UsageReport
 from switchboard.metering.migrations import Migration, load_migrations, migrate
-from switchboard.metering.protocol import EraseResult, SqlResult, UsageReport
 from switchboard.metering.service import MeteringService
 from switchboard.metering.settings import MeteringSettings
 

@@ -10,8 +10,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from tests.support.clickhouse import LedgerTarget
 
+from switchboard.common.metering import UsageQuery
 from switchboard.metering.clickhouse import open_readonly_client
-from switchboard.metering.protocol import UsageQuery
 from switchboard.metering.queries import (
     NotReadOnlyError,
     erase,

@@ -3,5 +3,5 @@
 Reads :class:`~switchboard.common.events.UsageRecorded` from the usage stream with a
 durable consumer, writes them in batches (``sink``), keeps the schema current
 (``migrations``, ``sql/``) and answers usage reports, read-only analyst SQL and erasure
-requests over NATS (``handlers``, ``protocol``).
+requests over NATS (``handlers``; the message models are ``switchboard.common.metering``).
 """

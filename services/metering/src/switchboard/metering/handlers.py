@@ -1,7 +1,7 @@
 """NATS request handlers: decode, run the query in a thread, answer. Thin on purpose.
 
 Errors are answered with OpenAI's error body and the ``Nats-Service-Error`` headers (see
-:mod:`switchboard.metering.protocol`).
+:mod:`switchboard.common.metering`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from switchboard.common.errors import (
     ServiceUnavailableError,
 )
 from switchboard.common.logs import get_logger
-from switchboard.metering import queries
-from switchboard.metering.clickhouse import Client, DatabaseError, unavailable
-from switchboard.metering.protocol import (
+from switchboard.common.metering import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
     EraseRequest,
@@ -32,6 +30,8 @@ from switchboard.metering.protocol import (
     SqlRequest,
     UsageQuery,
 )
+from switchboard.metering import queries
+from switchboard.metering.clickhouse import Client, DatabaseError, unavailable
 
 __all__ = ["Handlers", "Ledger", "LedgerSource"]
 

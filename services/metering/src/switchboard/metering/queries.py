@@ -14,9 +14,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from switchboard.metering.clickhouse import Client
-from switchboard.metering.migrations import EVENTS_TABLE
-from switchboard.metering.protocol import (
+from switchboard.common.metering import (
     DailyUsage,
     EraseResult,
     ModelUsage,
@@ -25,6 +23,8 @@ from switchboard.metering.protocol import (
     UsageQuery,
     UsageReport,
 )
+from switchboard.metering.clickhouse import Client
+from switchboard.metering.migrations import EVENTS_TABLE
 from switchboard.metering.sink import REJECTS_TABLE
 
 __all__ = [

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
+from switchboard.common import metering as protocol
 from switchboard.common.bus import NATS, nats_connection
 from switchboard.common.logs import get_logger
+from switchboard.common.metering import MeteringPong
 from switchboard.common.ops import Components
-from switchboard.metering import protocol
 from switchboard.metering.clickhouse import (
     Client,
     describe,
@@ -27,7 +28,6 @@ from switchboard.metering.clickhouse import (
 from switchboard.metering.consumer import UsageConsumer, sleep_unless
 from switchboard.metering.handlers import Handlers
 from switchboard.metering.migrations import apply_retention, migrate
-from switchboard.metering.protocol import MeteringPong
 from switchboard.metering.settings import MeteringSettings
 from switchboard.metering.sink import LedgerSink
 

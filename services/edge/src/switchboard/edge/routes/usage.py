@@ -10,15 +10,14 @@ answer is a 503.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated
 
-import orjson
 from litestar import get
 from litestar.params import Parameter
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from switchboard.common.errors import (
     ErrorBody,
@@ -27,69 +26,16 @@ from switchboard.common.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
+from switchboard.common.metering import ERROR_CODE_HEADER, UsageQuery, UsageReport
 from switchboard.common.subjects import METERING_USAGE
 from switchboard.edge.auth import admin_token_matches
 from switchboard.edge.lifespan import HttpRequest, services_of
 
-__all__ = [
-    "METERING_USAGE",
-    "DailyUsage",
-    "ModelUsage",
-    "UsageCounters",
-    "UsageReport",
-    "get_usage",
-]
+__all__ = ["get_usage"]
 
-_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 _DEFAULT_DAYS = 30
 _TIMEOUT = 10.0
 _UNAVAILABLE = "Usage data is not available right now; try again shortly."
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class UsageCounters(_Model):
-    """What a set of requests used."""
-
-    requests: int
-    """Requests made (each counted once)."""
-    errors: int
-    """Requests that ended with an error."""
-    cache_hits: int
-    """Requests answered from the response cache."""
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    cost_usd: float
-    """US dollars; requests whose cost is unknown add nothing."""
-
-
-class ModelUsage(UsageCounters):
-    """Usage of one model (the model that served, else the one requested)."""
-
-    model: str
-
-
-class DailyUsage(UsageCounters):
-    """Usage of one day (UTC)."""
-
-    date: date
-
-
-class UsageReport(_Model):
-    """One key's usage over a range of days (UTC), both ends included."""
-
-    object: Literal["usage.report"]
-    key_id: str
-    start_date: date
-    end_date: date
-    totals: UsageCounters
-    by_model: list[ModelUsage]
-    """One entry per model used, most expensive first."""
-    by_day: list[DailyUsage]
-    """One entry per day with requests, oldest first."""
 
 
 async def _key_of_caller(request: HttpRequest, key_id: str | None) -> str:
@@ -170,17 +116,17 @@ async def get_usage(
         raise InvalidRequestError(
             "end_date is out of range.", param="end_date", code="invalid_value"
         ) from None
-    query = {"v": 1, "key_id": key, "start_date": start.isoformat(), "end_date": end.isoformat()}
+    query = UsageQuery(key_id=key, start_date=start, end_date=end).model_dump_json().encode()
     nc = services_of(request.app).nc
     try:
-        reply = await nc.request(METERING_USAGE, orjson.dumps(query), timeout=_TIMEOUT)
+        reply = await nc.request(METERING_USAGE, query, timeout=_TIMEOUT)
     except (NoRespondersError, NatsTimeoutError):
         raise ServiceUnavailableError(_UNAVAILABLE, code="metering_unavailable") from None
     except NatsError:
         raise ServiceUnavailableError(
             "The message bus is unavailable; try again shortly.", code="bus_unavailable"
         ) from None
-    status = (reply.headers or {}).get(_ERROR_CODE_HEADER)
+    status = (reply.headers or {}).get(ERROR_CODE_HEADER)
     if status is not None:
         raise _relay_error(reply.data, int(status) if status.isdigit() else 500)
     return UsageReport.model_validate_json(reply.data)

@@ -5,9 +5,9 @@ Replies are JSON. A failed request is answered with OpenAI's error body
 (the message) and ``Nats-Service-Error-Code`` (an HTTP status: 400 for a bad request, 503
 while the ledger is unavailable, 500 otherwise).
 
-These belong in ``switchboard.common`` (subjects in ``subjects.py``, models in
-``wire.py``) once the edge and the ``switchboard`` command read them from there; until then
-the edge route and the command keep copies of the subjects, tested against this module.
+The edge (``GET /v1/usage``), the ``switchboard`` command (``sql``, ``usage erase``) and
+metering all read these models from here; the subjects are in
+:mod:`switchboard.common.subjects`.
 """
 
 from __future__ import annotations
