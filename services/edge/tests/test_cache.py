@@ -228,8 +228,7 @@ async def test_entries_round_trip_through_redis(
     key = cache.key_for(chat, {}, "key_a")
     assert key is not None
     assert await cache.get(key) is None
-    cache.store(key, CachedAnswer.of(FINISHED, body=orjson.dumps(COMPLETION)))
-    await cache.stop()
+    await cache.store(key, CachedAnswer.of(FINISHED, body=orjson.dumps(COMPLETION)))
     stored = await cache.get(key)
     assert stored is not None
     assert stored.cost_usd == 0.0012

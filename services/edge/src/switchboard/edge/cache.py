@@ -281,7 +281,7 @@ def completion_from_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class ResponseCache:
-    """Look-ups, stores and hit events; stores and events run in the background."""
+    """Look-ups, stores and hit events; hit events are published in the background."""
 
     def __init__(self, settings: EdgeSettings, redis: Redis, js: JetStreamContext) -> None:
         self._ttl = settings.edge_cache_ttl
@@ -312,11 +312,12 @@ class ResponseCache:
             log.warning("cache.read_failed", error=str(exc))
             return None
 
-    def store(self, key: str, answer: CachedAnswer) -> None:
-        """Keep ``answer`` for ``EDGE_CACHE_TTL`` seconds, in the background."""
-        self._background(self._store(key, answer))
+    async def store(self, key: str, answer: CachedAnswer) -> None:
+        """Keep ``answer`` for ``EDGE_CACHE_TTL`` seconds.
 
-    async def _store(self, key: str, answer: CachedAnswer) -> None:
+        Awaited before the answer (or ``[DONE]``) goes out, so the client's next identical
+        request finds it; a Redis failure is logged and the answer still served.
+        """
         try:
             await self._redis.set(key, answer.model_dump_json(), ex=max(int(self._ttl), 1))
         except (RedisError, OSError) as exc:

@@ -203,7 +203,7 @@ async def _complete(
     body, finished = collect.result()
     await admission.finish(finished)
     if store is not None:
-        store[0].store(store[1], CachedAnswer.of(finished, body=body))
+        await store[0].store(store[1], CachedAnswer.of(finished, body=body))
     headers["x-switchboard-model"] = finished.served_model
     headers["x-switchboard-fallbacks"] = str(finished.fallbacks)
     return Response(content=body, media_type=MediaType.JSON, headers=headers)
@@ -306,7 +306,7 @@ async def _relay(
                     )
                     return
                 if store is not None:
-                    store[0].store(store[1], CachedAnswer.of(report, chunks=kept))
+                    await store[0].store(store[1], CachedAnswer.of(report, chunks=kept))
                 yield _DONE
                 return
             elif frame.kind is FrameKind.ERROR:
