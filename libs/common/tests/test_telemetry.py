@@ -21,6 +21,7 @@ from switchboard.common.telemetry import (
     otlp_traces_enabled,
     setup_telemetry,
     trace_id_of,
+    tracer,
 )
 
 _tracer = TracerProvider().get_tracer("test")
@@ -90,6 +91,11 @@ async def test_ops_server_serves_health_and_metrics() -> None:
     telemetry = setup_telemetry("test", environ={})
     assert setup_telemetry("again") is telemetry  # once per process
     assert not telemetry.exporting
+    # Exporting nothing, spans record nothing, yet trace ids exist and travel.
+    with tracer().start_as_current_span("x") as span:
+        assert not span.is_recording()
+        assert span.get_span_context().trace_id != 0
+        assert inject_headers({})["traceparent"].split("-")[1] == trace_id_of(span)
     meter("test").create_counter("switchboard_test_ops_hits").add(2, {"kind": "x"})
     state = {"dep": {"status": "ok"}}
 
