@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 import pytest
@@ -158,6 +159,35 @@ async def test_the_key_never_reaches_an_error_message(upstream: ClientFactory) -
         with pytest.raises(UpstreamHTTPError) as caught:
             await client.complete(BODY)
     assert key not in client.to_gateway_error(caught.value).message
+
+
+def _wrapping(cause: BaseException) -> httpx.HTTPError:
+    """An httpx error as the aiohttp transport raises it: coarse, with aiohttp's as cause."""
+    exc = httpx.ConnectTimeout(str(cause))
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (_wrapping(aiohttp.ConnectionTimeoutError("slow")), UpstreamUnreachableError),
+        (_wrapping(aiohttp.ServerDisconnectedError()), UpstreamDisconnectedError),
+        (_wrapping(aiohttp.SocketTimeoutError("silent")), UpstreamTimeoutError),
+        (aiohttp.ServerDisconnectedError(), UpstreamDisconnectedError),
+        (aiohttp.ClientError("odd"), UpstreamProtocolError),
+    ],
+    ids=["connect-timeout", "disconnected", "read-timeout", "raw-disconnect", "raw-other"],
+)
+async def test_aiohttp_errors_are_translated_by_their_own_type(
+    upstream: ClientFactory, raised: Exception, expected: type[Exception]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise raised
+
+    async with upstream(handler) as client:
+        with pytest.raises(expected):
+            await client.complete(BODY)
 
 
 @pytest.mark.parametrize(
