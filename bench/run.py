@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class Result:
     ttfb_p50: float
     errors: float
     requests: int
+    hit_rate: float | None = None
+    """Share of successful requests answered from the response cache (replay workload)."""
 
 
 @dataclass
@@ -67,8 +70,15 @@ def _k6() -> str:
 
 
 def run_k6(
-    base_url: str, api_key: str, *, stream: bool, vus: int, duration: str, seed: bool = False
+    base_url: str,
+    api_key: str,
+    *,
+    stream: bool,
+    vus: int,
+    duration: str,
+    workload: str = "fresh",
 ) -> dict:
+    """One k6 run; ``workload`` is ``fresh``, ``seed`` or ``replay`` (see ``k6/chat.js``)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = {
             **os.environ,
@@ -78,7 +88,8 @@ def run_k6(
             "VUS": str(vus),
             "DURATION": duration,
             "MODEL": MODEL,
-            "SEED": "1" if seed else "0",
+            "WORKLOAD": workload,
+            "RUN": uuid.uuid4().hex[:8],
             "K6_NO_USAGE_REPORT": "true",
         }
         subprocess.run(  # noqa: S603 - fixed argv
@@ -109,6 +120,7 @@ def _result(target: str, stream: bool, vus: int, summary: dict) -> Result:
         ttfb_p50=float(ttfb.get("med", 0.0)),
         errors=float(failed.get("value", 0.0)),
         requests=int(reqs.get("count", 0)),
+        hit_rate=float(hits["value"]) if (hits := metrics.get("cache_hits")) else None,
     )
 
 
@@ -202,18 +214,24 @@ def measure(
     stream: bool,
     concurrencies: list[int],
     duration: str,
-    seed: bool = False,
+    workload: str = "fresh",
 ) -> None:
-    """Measure ``target`` at each concurrency; ``seed`` sends one deterministic request
-    over and over (after the warm-up every one is a response-cache hit)."""
-    run_k6(base_url, key, stream=stream, vus=8, duration="3s", seed=seed)  # warm-up
+    """Measure ``target`` at each concurrency with ``workload`` (``k6/chat.js``): ``seed``
+    sends one deterministic request over and over (after the warm-up every one is a
+    response-cache hit); ``replay`` draws deterministic requests from a skewed set of
+    prompts, new to each run, so the cache's hit rate is measured from cold."""
+    warm = "fresh" if workload == "replay" else workload
+    run_k6(base_url, key, stream=stream, vus=8, duration="3s", workload=warm)
     for vus in concurrencies:
-        summary = run_k6(base_url, key, stream=stream, vus=vus, duration=duration, seed=seed)
+        summary = run_k6(
+            base_url, key, stream=stream, vus=vus, duration=duration, workload=workload
+        )
         result = _result(target, stream, vus, summary)
         report.results.append(result)
+        hits = "" if result.hit_rate is None else f" cache hits={result.hit_rate:.1%}"
         print(
             f"{target:<22} stream={stream!s:<5} vus={vus:<5} rps={result.rps:8.1f} "
-            f"p50={result.p50:7.1f}ms p99={result.p99:8.1f}ms errors={result.errors:.3f}",
+            f"p50={result.p50:7.1f}ms p99={result.p99:8.1f}ms errors={result.errors:.3f}{hits}",
             flush=True,
         )
 
@@ -263,8 +281,19 @@ def main(argv: list[str] | None = None) -> int:
                         stream=stream,
                         concurrencies=args.concurrency,
                         duration=args.duration,
-                        seed=True,
+                        workload="seed",
                     )
+                    if not stream:
+                        measure(
+                            report,
+                            "switchboard (replay)",
+                            base_url,
+                            key,
+                            stream=stream,
+                            concurrencies=[max(args.concurrency)],
+                            duration=args.duration,
+                            workload="replay",
+                        )
                     for name in ("edge", "router"):
                         report.rss_mb[f"switchboard {name}"] = max(
                             report.rss_mb.get(f"switchboard {name}", 0.0), rss_mb([pids[name]])
@@ -366,6 +395,20 @@ def render(report: Report, args: argparse.Namespace) -> str:
                     f" p99 {ours.p99:.0f} ms vs {best.p99:.0f} ms"
                 )
             lines.append(line)
+    lines += ["", "## Response cache (same run)", ""]
+    for r in report.results:
+        if r.target == "switchboard (cache hits)":
+            kind = "streamed" if r.stream else "non-streamed"
+            lines.append(
+                f"- hits, {kind}, {r.vus} concurrent: p50 {r.p50:.1f} ms, p95 {r.p95:.1f} ms, "
+                f"{r.rps:.0f} req/s"
+            )
+        elif r.target == "switchboard (replay)" and r.hit_rate is not None:
+            lines.append(
+                f"- replay workload (deterministic requests over a Zipf-skewed set of prompts, "
+                f"cold cache), {r.vus} concurrent: {r.hit_rate:.1%} of {r.requests} requests "
+                f"were cache hits; p50 {r.p50:.1f} ms, p95 {r.p95:.1f} ms"
+            )
     lines += ["", "## Resident memory after load (MiB)", "", "| process | RSS |", "| --- | ---: |"]
     lines += [f"| {name} | {mb:.0f} |" for name, mb in report.rss_mb.items()]
     lines.append("")
