@@ -11,7 +11,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 
 from switchboard.common.events import UsageRecorded
-from switchboard.router.publisher import UsagePublisher, usage_stream_config
+from switchboard.router.publisher import WINDOW, UsagePublisher, usage_stream_config
 
 
 class Ack:
@@ -112,6 +112,82 @@ async def test_overflow_and_shutdown_drop_loudly(
     assert out.count("usage.dropped") == 3
     assert "queue_full" in out
     assert "shutdown" in out
+
+
+class GatedJetStream(StubJetStream):
+    """Publishes wait at a gate; records how many were awaiting their ack at once."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.gate = asyncio.Event()
+        self.waiting = self.most_waiting = 0
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> Ack:
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await super().publish(subject, payload, headers)
+
+
+async def test_publishes_overlap_up_to_the_window(make_settings: Any) -> None:
+    js = GatedJetStream()
+    publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
+    await publisher.start()
+    for number in range(WINDOW * 2):
+        publisher.record(event(f"r{number}"))
+    async with asyncio.timeout(5):
+        while js.waiting < WINDOW:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert (js.most_waiting, publisher.backlog) == (WINDOW, WINDOW * 2)
+    js.gate.set()
+    await publisher.close(grace=5)
+    assert (publisher.published, publisher.dropped) == (WINDOW * 2, 0)
+    assert len({headers["Nats-Msg-Id"] for _, _, headers in js.published}) == WINDOW * 2
+
+
+async def test_an_overflow_drops_a_waiting_event_never_one_being_published(
+    make_settings: Any,
+) -> None:
+    js = GatedJetStream()
+    settings = make_settings(router_usage_queue_size=1)
+    publisher = UsagePublisher(StubNats(js), settings)  # type: ignore[arg-type]
+    await publisher.start()
+    publisher.record(event("sent"))
+    async with asyncio.timeout(5):
+        while not js.waiting:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    # No await between the two: both wait in the queue, which holds one, so the oldest
+    # waiting event goes; the one awaiting its ack is not touched.
+    publisher.record(event("first"))
+    publisher.record(event("second"))
+    assert (publisher.dropped, publisher.backlog) == (1, 2)
+    js.gate.set()
+    await publisher.close(grace=5)
+    assert {headers["Nats-Msg-Id"] for _, _, headers in js.published} == {"sent", "second"}
+
+
+async def test_a_failing_publish_narrows_the_window_to_one(make_settings: Any) -> None:
+    js = StubJetStream([NatsTimeoutError()] * 3)
+    publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
+    await publisher.start()
+    publisher.record(event("r1"))
+    async with asyncio.timeout(5):
+        while js.outcomes:  # noqa: ASYNC110 - three failures in a row
+            await asyncio.sleep(0.01)
+        assert not publisher.healthy
+        for number in range(2, 6):
+            publisher.record(event(f"r{number}"))
+        while publisher.backlog:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert publisher.healthy
+    await publisher.close(grace=1)
+    assert sorted(headers["Nats-Msg-Id"] for _, _, headers in js.published) == [
+        f"r{number}" for number in range(1, 6)
+    ]
 
 
 def test_stream_config_from_settings(make_settings: Any) -> None:
