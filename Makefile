@@ -31,3 +31,14 @@ bench: ## Benchmarks against LiteLLM; writes docs/benchmarks.md (needs nginx: ap
 
 helm-lint: ## Lint, render and validate the Helm chart offline (Helm's Go SDK, Kubernetes schemas)
 	uv run pytest tests/helm -q
+
+.PHONY: load soak audit
+
+load: ## 1,000 streams for 60 s on `switchboard up`; ledger checked by request id (needs nginx)
+	uv run python -m bench.load
+
+soak: ## As load, 10 min at 200 streams; RSS and fds of every service sampled (needs nginx)
+	uv run python -m bench.load --soak 10m
+
+audit: ## Vulnerability audit of uv.lock against OSV; fails when OSV cannot be asked
+	SWITCHBOARD_AUDIT=required uv run pytest tests/test_supply_chain.py -q -rs
