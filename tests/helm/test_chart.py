@@ -507,6 +507,8 @@ def test_nats_users_may_use_only_their_subjects() -> None:
     assert "switchboard.v1.chat.request" in users["router"]["subscribe"]["allow"]
     assert "switchboard.v1.chat.request" not in users["router"]["publish"]["allow"]
     assert "switchboard.v1.usage.>" in users["router"]["publish"]["allow"]
+    # The edge publishes the usage events of cache hits (tests/e2e/test_nats_permissions.py).
+    assert "switchboard.v1.usage.recorded" in users["edge"]["publish"]["allow"]
     for consumer in ("metering", "analytics"):
         publish = users[consumer]["publish"]["allow"]
         assert f"$JS.ACK.SWITCHBOARD_USAGE.switchboard-{consumer}.>" in publish

@@ -84,3 +84,39 @@ def test_message_and_tool_counts_are_limited() -> None:
     with pytest.raises(InvalidRequestError) as tools:
         parse_chat_request(body, max_content_chars=100, max_messages=3, max_tools=1)
     assert (tools.value.param, tools.value.code) == ("tools", "array_above_max_length")
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+@pytest.mark.parametrize("field", [b"temperature", b"seed", b"x_unknown"])
+def test_numbers_json_cannot_carry_are_not_json(number: bytes, field: bytes) -> None:
+    """Refused like any other invalid JSON: accepted, they crashed whoever wrote the
+    request as JSON again (the cache key, the router's upstream call)."""
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"' + field + b'":' + number
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_chat_request(body + b"}", max_content_chars=1000)
+    assert caught.value.message.startswith("We could not parse the JSON body")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seed", 2**63),
+        ("seed", -(2**63) - 1),
+        ("max_tokens", 2**64),
+        ("max_completion_tokens", 10**30),
+        ("logit_bias", {"50256": 101}),
+    ],
+)
+def test_integers_beyond_64_bits_are_invalid_values(field: str, value: Any) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_chat_request(_body(**{field: value}), max_content_chars=1000)
+    assert caught.value.code == "invalid_value"
+    assert (caught.value.param or "").startswith(field)
+
+
+def test_64_bit_integers_are_accepted_and_larger_unknown_ones_become_numbers() -> None:
+    body = _body(seed=2**63 - 1, max_tokens=2**63 - 1, x_known=2**64 - 1, x_big=2**70)
+    request = parse_chat_request(body, max_content_chars=10)
+    assert (request.seed, request.max_tokens) == (2**63 - 1, 2**63 - 1)
+    extra = request.model_extra or {}
+    assert (extra["x_known"], extra["x_big"]) == (2**64 - 1, float(2**70))

@@ -75,6 +75,17 @@ def test_values_a_column_cannot_hold_make_a_reject(field: str, value: object, re
     assert decoded.stream_sequence == 7
 
 
+@pytest.mark.parametrize(("sent", "stored"), [(2**32 - 1, 2**32 - 1), (2**33, 2**32 - 1)])
+def test_a_client_chosen_max_tokens_never_makes_a_reject(sent: int, stored: int) -> None:
+    """A client chooses max_tokens (any 64-bit number): it must not keep its request out
+    of the ledger, so a value beyond the column is capped instead."""
+    decoded = decode(
+        usage_event(max_tokens=sent).model_dump_json().encode(), subject="s", stream_sequence=1
+    )
+    assert not isinstance(decoded, Reject)
+    assert dict(zip(EVENT_COLUMNS, decoded[1], strict=True))["max_tokens"] == stored
+
+
 def test_not_json_and_wrong_version_are_rejects() -> None:
     bad = decode(b"not json", subject="s", stream_sequence=1)
     assert isinstance(bad, Reject)

@@ -165,6 +165,12 @@ def test_streams_always_ask_for_usage(
     assert body["stream_options"] == expected
 
 
+def test_a_null_stream_is_left_out(make_envelope: Callable[..., ChatRequest]) -> None:
+    body = upstream_body(make_envelope(stream=None).request)
+    assert "stream" not in body
+    assert "stream_options" not in body
+
+
 # ---------------------------------------------------------------------------- non-streamed
 
 

@@ -216,6 +216,11 @@ ResponseFormat = Annotated[
 ]
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+"""OpenAI's integers are 64-bit: a larger one could not be written as JSON again by the
+serialisers downstream (orjson), nor be sent to any upstream."""
+
+
 class StreamOptions(_Open):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
@@ -231,14 +236,14 @@ class ChatCompletionRequest(_Open):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=128)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=_INT64_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=_INT64_MAX)
     stop: str | Annotated[list[str], Field(min_length=1, max_length=4)] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=_INT64_MIN, le=_INT64_MAX)
     user: str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    logit_bias: dict[str, int] | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     tools: list[Tool] | None = None

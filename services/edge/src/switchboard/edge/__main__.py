@@ -27,6 +27,7 @@ async def _run(settings: EdgeSettings) -> None:
 
     from switchboard.common.ops import ops_server  # noqa: PLC0415
     from switchboard.edge.app import create_app  # noqa: PLC0415
+    from switchboard.edge.httpserver import guarded_protocol  # noqa: PLC0415
     from switchboard.edge.observe import observed  # noqa: PLC0415
     from switchboard.edge.routes.health import readiness  # noqa: PLC0415
 
@@ -36,7 +37,7 @@ async def _run(settings: EdgeSettings) -> None:
             observed(app),
             host=settings.edge_host,
             port=settings.edge_port,
-            http="httptools",
+            http=guarded_protocol(settings),
             lifespan="on",
             access_log=False,
             log_config=None,

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from switchboard.common.errors import (
@@ -21,7 +22,13 @@ from switchboard.common.errors import (
 )
 from switchboard.common.logs import get_logger
 
-__all__ = ["LimitError", "error_response", "exception_handlers"]
+__all__ = [
+    "ADMIN_ERROR_RESPONSES",
+    "API_ERROR_RESPONSES",
+    "LimitError",
+    "error_response",
+    "exception_handlers",
+]
 
 log = get_logger(__name__)
 
@@ -34,6 +41,28 @@ _TYPE_BY_STATUS = {
     429: "rate_limit_exceeded",
     503: ServiceUnavailableError.error_type,
 }
+
+
+def _documented(*statuses: tuple[int, str]) -> dict[int, ResponseSpec]:
+    return {
+        status: ResponseSpec(ErrorBody, description=description, generate_examples=False)
+        for status, description in statuses
+    }
+
+
+_COMMON_ERRORS = (
+    (400, "Invalid request: `error.param` names the field."),
+    (401, "No credentials, or wrong ones."),
+    (404, "Unknown URL, or unknown resource."),
+    (413, "Body larger than `EDGE_MAX_BODY_BYTES`."),
+    (429, "Too many failed authentications from this address, or a limit of the key."),
+    (503, "A dependency (Redis, NATS, a router, metering) is unavailable; retry."),
+)
+API_ERROR_RESPONSES = _documented(*_COMMON_ERRORS, (403, "Not allowed for this key."))
+"""OpenAPI responses of the ``/v1`` routes: every error is OpenAI's body (Litestar would
+document its own validation body, which the edge never sends)."""
+ADMIN_ERROR_RESPONSES = _documented(*_COMMON_ERRORS, (403, "HTTPS required."))
+"""OpenAPI responses of the admin API (same error body)."""
 
 
 class LimitError(RateLimitError):
@@ -129,6 +158,18 @@ def _validation_detail(exc: ValidationException) -> ErrorDetail:
     )
 
 
+def _recursion(request: HttpRequest, exc: RecursionError) -> Response[bytes]:
+    """A body nested deeper than the JSON decoder goes (the admin API's typed bodies):
+    msgspec gives up with a RecursionError, which is the client's 400, not our 500."""
+    if "deserializing" not in str(exc):
+        return _unexpected(request, exc)
+    detail = ErrorDetail(
+        message="We could not parse the JSON body of your request: it is nested too deeply.",
+        type="invalid_request_error",
+    )
+    return error_response(detail, 400)
+
+
 def _unexpected(_: HttpRequest, exc: Exception) -> Response[bytes]:
     log.error("unhandled", error=type(exc).__name__, exc_info=exc)
     detail = ErrorDetail(
@@ -144,5 +185,6 @@ def exception_handlers() -> ExceptionHandlersMap:
     return {
         GatewayError: _gateway_error,
         HTTPException: _http_exception,
+        RecursionError: _recursion,
         Exception: _unexpected,
     }

@@ -75,18 +75,24 @@ def parse_chat_request(
 
     Also enforces the gateway's size limits: message text, number of messages and tools.
     """
+    # Parsed strictly first (RFC 8259: no NaN or Infinity, no number beyond 64 bits), so
+    # that whatever is accepted can be written as JSON again by every later step (the
+    # cache key, the router's upstream call): pydantic's own parser accepts ``NaN`` and
+    # integers of any size, which crashed those steps with a 500.
     try:
-        request = ChatCompletionRequest.model_validate_json(body)
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError(_NOT_JSON) from None
+    try:
+        request = ChatCompletionRequest.model_validate(document)
     except ValidationError as exc:
         # Of the errors of every union branch, the deepest is the most specific.
         first = max(exc.errors(include_url=False), key=lambda error: len(error["loc"]))
-        if first["type"] == "json_invalid":
-            raise InvalidRequestError(_NOT_JSON) from None
         if first["type"] == "model_type" and not first["loc"]:
             raise InvalidRequestError(
                 "The request body must be a JSON object.", code="invalid_type"
             ) from None
-        raise _invalid(first, orjson.loads(body)) from None
+        raise _invalid(first, document) from None
     _check_length("messages", request.messages, max_messages)
     _check_length("tools", request.tools, max_tools)
     chars = message_text_length(request)

@@ -42,6 +42,16 @@ class EdgeSettings(ServiceSettings):
     edge_max_tools: int = Field(default=128, gt=0)
     """``EDGE_MAX_TOOLS``: tools one request may declare; more is 400 ``array_above_max_length``
     (OpenAI's own limit is 128)."""
+    edge_header_timeout: float = Field(default=10.0, gt=0)
+    """``EDGE_HEADER_TIMEOUT``: seconds a client has to send a request's line and headers,
+    from the connection's start (or, kept alive, the request's first byte); then ``408`` and
+    the connection is closed (slow clients, slowloris)."""
+    edge_body_timeout: float = Field(default=60.0, gt=0)
+    """``EDGE_BODY_TIMEOUT``: seconds a client has to send a request's whole body once its
+    headers arrived; then ``408`` and the connection is closed."""
+    edge_max_header_bytes: int = Field(default=64 * 1024, gt=0)
+    """``EDGE_MAX_HEADER_BYTES``: bytes of request line and headers a request may have; more
+    is refused with ``431``."""
     edge_health_timeout: float = Field(default=1.0, gt=0)
     """``EDGE_HEALTH_TIMEOUT``: seconds each dependency check of ``/health`` may take."""
 

@@ -126,6 +126,15 @@ def _optional_uint(value: int | None, limit: int, name: str) -> int | None:
     return None if value is None else _uint(value, limit, name)
 
 
+def _requested_limit(value: int | None) -> int | None:
+    """``max_tokens`` as the client sent it, capped at what the column holds.
+
+    The client chooses it (any 64-bit number): refusing the event for it would let a
+    client keep its requests out of the ledger. No model comes near the cap.
+    """
+    return None if value is None else _uint(min(value, _UINT32), _UINT32, "max_tokens")
+
+
 def _usd(value: float | None, name: str) -> Decimal | None:
     if value is None:
         return None
@@ -193,7 +202,7 @@ def event_row(event: UsageRecorded, stream_sequence: int) -> Row:
         _uint(event.fallbacks, _UINT16, "fallbacks"),
         [_attempt(attempt) for attempt in event.attempts],
         event.temperature,
-        _optional_uint(event.max_tokens, _UINT32, "max_tokens"),
+        _requested_limit(event.max_tokens),
         _time(event.received_at, "received_at"),
         _time(event.started_at, "started_at"),
         _time(event.finished_at, "finished_at"),

@@ -74,6 +74,10 @@ def upstream_body(request: ChatCompletionRequest, *, model: str | None = None) -
     if model is not None:
         body["model"] = model
     body.pop("models", None)
+    if body.get("stream", False) is None:
+        # ``null`` is "not streamed" here; say so by leaving it out (OpenRouter-like
+        # upstreams refuse a null ``stream`` with a 400).
+        del body["stream"]
     if request.wants_stream:
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return body

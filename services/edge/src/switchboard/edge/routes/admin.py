@@ -22,6 +22,7 @@ from switchboard.common.errors import (
 )
 from switchboard.common.logs import get_logger
 from switchboard.edge.auth import admin_token_matches
+from switchboard.edge.errors import ADMIN_ERROR_RESPONSES
 from switchboard.edge.keymodels import (
     CreatedKey,
     KeyList,
@@ -95,7 +96,7 @@ class AdminKeys(Controller):
     security = [{ADMIN_SECURITY_SCHEME: []}]  # noqa: RUF012
     tags = ["admin"]  # noqa: RUF012
 
-    @post("", status_code=201, summary="Create a key")
+    @post("", status_code=201, summary="Create a key", responses=ADMIN_ERROR_RESPONSES)
     async def create(self, request: HttpRequest, data: KeySpec) -> CreatedKey:
         """Mint a key. The response is the only place its secret ever appears."""
         async with _redis_errors():
@@ -103,14 +104,14 @@ class AdminKeys(Controller):
         log.info("admin.key_created", key_id=created.id)
         return created
 
-    @get("", summary="List keys", cache=False)
+    @get("", summary="List keys", cache=False, responses=ADMIN_ERROR_RESPONSES)
     async def list_keys(self, request: HttpRequest) -> KeyList:
         """Every key, oldest first (revoked ones included; no secrets, no hashes)."""
         async with _redis_errors():
             records = await _services(request).keys.list()
         return KeyList(data=[record.view() for record in records])
 
-    @get("/{key_id:str}", summary="Show a key", cache=False)
+    @get("/{key_id:str}", summary="Show a key", cache=False, responses=ADMIN_ERROR_RESPONSES)
     async def show(self, request: HttpRequest, key_id: str) -> KeyView:
         """One key, with what it was charged this month."""
         keys = _services(request).keys
@@ -120,7 +121,7 @@ class AdminKeys(Controller):
                 raise _not_found(key_id)
             return record.view(await keys.usage(key_id))
 
-    @patch("/{key_id:str}", summary="Update a key")
+    @patch("/{key_id:str}", summary="Update a key", responses=ADMIN_ERROR_RESPONSES)
     async def update(self, request: HttpRequest, key_id: str, data: KeyPatch) -> KeyView:
         """Change a key's name, owner, expiry, models or limits; ``null`` clears a limit.
 
@@ -130,14 +131,24 @@ class AdminKeys(Controller):
         log.info("admin.key_updated", key_id=key_id, fields=sorted(data.model_fields_set))
         return change.record.view()
 
-    @post("/{key_id:str}/revoke", status_code=200, summary="Revoke a key")
+    @post(
+        "/{key_id:str}/revoke",
+        status_code=200,
+        summary="Revoke a key",
+        responses=ADMIN_ERROR_RESPONSES,
+    )
     async def revoke(self, request: HttpRequest, key_id: str) -> KeyView:
         """Stop every secret of the key from working, on every edge within a second."""
         change = await _change(key_id, lambda: _services(request).keys.revoke(key_id))
         log.info("admin.key_revoked", key_id=key_id)
         return change.record.view()
 
-    @post("/{key_id:str}/rotate", status_code=200, summary="Rotate a key's secret")
+    @post(
+        "/{key_id:str}/rotate",
+        status_code=200,
+        summary="Rotate a key's secret",
+        responses=ADMIN_ERROR_RESPONSES,
+    )
     async def rotate(
         self, request: HttpRequest, key_id: str, data: RotateRequest | None = None
     ) -> CreatedKey:

@@ -29,6 +29,7 @@ from switchboard.common.errors import (
 from switchboard.common.metering import ERROR_CODE_HEADER, UsageQuery, UsageReport
 from switchboard.common.subjects import METERING_USAGE
 from switchboard.edge.auth import admin_token_matches
+from switchboard.edge.errors import API_ERROR_RESPONSES
 from switchboard.edge.lifespan import HttpRequest, services_of
 
 __all__ = ["get_usage"]
@@ -86,6 +87,7 @@ def _relay_error(data: bytes, status: int) -> GatewayError:
     ),
     tags=["usage"],
     cache=False,
+    responses=API_ERROR_RESPONSES,
 )
 async def get_usage(
     request: HttpRequest,
