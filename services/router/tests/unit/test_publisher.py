@@ -190,6 +190,39 @@ async def test_a_failing_publish_narrows_the_window_to_one(make_settings: Any) -
     ]
 
 
+class LaggingJetStream(StubJetStream):
+    """The first publish times out late, after later ones were acknowledged."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> Ack:
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+            raise NatsTimeoutError
+        return await super().publish(subject, payload, headers)
+
+
+async def test_a_timeout_beside_successes_is_lag_not_an_outage(make_settings: Any) -> None:
+    js = LaggingJetStream()
+    publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
+    await publisher.start()
+    for number in range(3):
+        publisher.record(event(f"r{number}"))
+    async with asyncio.timeout(5):
+        while len(js.published) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        js.gate.set()
+        while publisher.backlog:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert publisher.healthy, "no backoff: the window stayed open"
+    await publisher.close(grace=1)
+    assert sorted(headers["Nats-Msg-Id"] for _, _, headers in js.published) == ["r0", "r1", "r2"]
+
+
 def test_stream_config_from_settings(make_settings: Any) -> None:
     config = usage_stream_config(make_settings(router_usage_max_age=60, router_usage_replicas=3))
     assert config.name == "SWITCHBOARD_USAGE"
