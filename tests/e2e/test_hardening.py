@@ -19,7 +19,10 @@ from tests.e2e.gatekeeping import (
     gated_stack,
     poll,
 )
-from tests.support.servers import start_valkey
+from tests.support.clickhouse import embedded_target
+from tests.support.faults import settled_ledger, wait_metering
+from tests.support.metering import start_metering
+from tests.support.servers import ManagedProcess, start_valkey
 from tests.support.services import wait_healthy
 
 pytestmark = pytest.mark.e2e
@@ -150,11 +153,29 @@ def test_secure_headers_on_every_response(gated: GatedStack) -> None:
         assert responses[name].headers["x-ratelimit-limit-requests"] == "1", name
 
 
-def test_redis_restart_during_traffic(gated: GatedStack) -> None:
-    """Last in the module: it stops the module's Redis."""
-    known = _create_key(gated, rpm=10_000)["key"]
-    assert _chat(gated, known).status_code == 200  # cached on the edge
+@pytest.fixture
+def metering(gated: GatedStack) -> Iterator[ManagedProcess]:
+    """Metering on the module's NATS: the ledger the Redis restart is checked against."""
+    process = start_metering(
+        gated.workdir / "metering",
+        nats_url=gated.nats.url,
+        clickhouse_url=embedded_target(gated.workdir / "clickhouse").url,
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_redis_restart_during_traffic(gated: GatedStack, metering: ManagedProcess) -> None:
+    """Last in the module: it stops the module's Redis. Every request is answered, and
+    recorded once in the ledger."""
+    created = _create_key(gated, rpm=10_000)
+    known = created["key"]
+    first = _chat(gated, known)
+    assert first.status_code == 200  # cached on the edge
     statuses: list[int] = []
+    request_ids = {first.headers["x-request-id"]}
     stop = threading.Event()
 
     def traffic() -> None:
@@ -166,6 +187,7 @@ def test_redis_restart_during_traffic(gated: GatedStack) -> None:
                     headers=_via_proxy(authorization=f"Bearer {known}"),
                 )
                 statuses.append(response.status_code)
+                request_ids.add(response.headers["x-request-id"])
                 time.sleep(0.02)
 
     thread = threading.Thread(target=traffic)
@@ -197,3 +219,7 @@ def test_redis_restart_during_traffic(gated: GatedStack) -> None:
     logs = gated.logs()
     assert "redis.unavailable" in logs
     assert "redis.recovered" in logs
+    wait_metering(gated.nats.url)
+    rows = settled_ledger(gated.nats.url, created["id"], request_ids)
+    assert len(rows) == len(statuses) + 1
+    print(f"\n[redis restarted] requests={len(statuses) + 1} ledger_rows={len(rows)}")  # figures

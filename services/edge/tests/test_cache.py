@@ -6,7 +6,6 @@ from typing import Any, cast
 
 import orjson
 import pytest
-from nats.js import JetStreamContext
 from redis.asyncio import Redis
 from tests.support.openai_schema import validate
 
@@ -21,6 +20,7 @@ from switchboard.edge.cache import (
     is_cacheable,
     replay_chunks,
 )
+from switchboard.edge.usage_events import UsageEvents
 
 from .conftest import SettingsFactory
 
@@ -223,7 +223,7 @@ def test_a_stored_completion_is_served_with_a_fresh_created() -> None:
 async def test_entries_round_trip_through_redis(
     make_settings: SettingsFactory, redis: Redis
 ) -> None:
-    cache = ResponseCache(make_settings(), redis, cast(JetStreamContext, None))
+    cache = ResponseCache(make_settings(), redis, cast(UsageEvents, None))
     chat = _chat()
     key = cache.key_for(chat, {}, "key_a")
     assert key is not None
@@ -238,6 +238,6 @@ async def test_entries_round_trip_through_redis(
 
 
 def test_a_zero_ttl_turns_the_cache_off(make_settings: SettingsFactory, redis: Redis) -> None:
-    cache = ResponseCache(make_settings(edge_cache_ttl=0), redis, cast(JetStreamContext, None))
+    cache = ResponseCache(make_settings(edge_cache_ttl=0), redis, cast(UsageEvents, None))
     assert not cache.enabled
     assert cache.key_for(_chat(), {}, "key_a") is None

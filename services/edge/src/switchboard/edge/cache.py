@@ -17,29 +17,27 @@ without NATS: a completion as stored with ``created`` set to now (``id`` kept); 
 replayed chunk by chunk (or synthesised from a stored completion); either form put
 together from the other when needed. A hit publishes its own
 :class:`~switchboard.common.events.UsageRecorded` (``cache_hit``, cost 0, ``cost_saved_usd``)
-to JetStream from the edge.
+to JetStream from the edge (:mod:`switchboard.edge.usage_events`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import orjson
-from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from switchboard.common import subjects
 from switchboard.common.chat import ChatCompletionRequest
 from switchboard.common.events import CostSource, UsageRecorded
 from switchboard.common.logs import get_logger
 from switchboard.common.wire import CompletionFinished, KeyIdentity, TokenUsage
 from switchboard.edge.settings import EdgeSettings
+from switchboard.edge.usage_events import UsageEvents
 
 __all__ = [
     "CACHE_HEADER",
@@ -60,9 +58,6 @@ CacheStatus = Literal["hit", "miss", "bypass"]
 
 _KEY_PREFIX = "switchboard:cache:v1:"
 _NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store"})
-_PUBLISH_ATTEMPTS = 3
-_PUBLISH_TIMEOUT = 2.0
-_MSG_ID = "Nats-Msg-Id"
 
 
 def bypassed_by(headers: Mapping[str, str]) -> bool:
@@ -281,14 +276,14 @@ def completion_from_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class ResponseCache:
-    """Look-ups, stores and hit events; hit events are published in the background."""
+    """Look-ups, stores and hit events (published in the background by
+    :class:`~switchboard.edge.usage_events.UsageEvents`)."""
 
-    def __init__(self, settings: EdgeSettings, redis: Redis, js: JetStreamContext) -> None:
+    def __init__(self, settings: EdgeSettings, redis: Redis, events: UsageEvents) -> None:
         self._ttl = settings.edge_cache_ttl
         self._shared = settings.edge_cache_scope == "shared"
         self._redis = redis
-        self._js = js
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._events = events
 
     @property
     def enabled(self) -> bool:
@@ -366,32 +361,4 @@ class ResponseCache:
             cache_hit=True,
             cost_saved_usd=answer.cost_usd,
         )
-        self._background(self._publish(event))
-
-    async def _publish(self, event: UsageRecorded) -> None:
-        payload = event.model_dump_json().encode()
-        for attempt in range(_PUBLISH_ATTEMPTS):
-            try:
-                await self._js.publish(
-                    subjects.USAGE_RECORDED,
-                    payload,
-                    timeout=_PUBLISH_TIMEOUT,
-                    headers={_MSG_ID: event.event_id},
-                )
-            except Exception:  # any failure is retried, then logged
-                if attempt + 1 == _PUBLISH_ATTEMPTS:
-                    log.exception("cache.usage_publish_failed", request_id=event.request_id)
-                    return
-                await asyncio.sleep(0.2 * 2**attempt)
-            else:
-                return
-
-    def _background(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def stop(self) -> None:
-        """Wait briefly for stores and events still running."""
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
+        self._events.publish(event)

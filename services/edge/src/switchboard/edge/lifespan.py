@@ -24,6 +24,7 @@ from switchboard.edge.keys import KeyStore
 from switchboard.edge.ratelimit import RedisLimiter
 from switchboard.edge.redisclient import redis_client
 from switchboard.edge.settings import EdgeSettings
+from switchboard.edge.usage_events import UsageEvents
 
 __all__ = ["EdgeServices", "HttpRequest", "edge_lifespan", "services_of"]
 
@@ -48,6 +49,8 @@ class EdgeServices:
     gate: Gate
     responses: ResponseCache
     """The exact-match response cache (:mod:`switchboard.edge.cache`)."""
+    usage: UsageEvents
+    """The usage events the edge publishes itself (:mod:`switchboard.edge.usage_events`)."""
 
 
 def services_of(app: Litestar) -> EdgeServices:
@@ -78,16 +81,17 @@ async def edge_lifespan(settings: EdgeSettings, app: Litestar) -> AsyncIterator[
         async with nats_connection(settings, name="switchboard-edge") as nc:
             bus = Bus(nc, idle_timeout=settings.edge_idle_timeout)
             await bus.start()
-            responses = ResponseCache(settings, redis, nc.jetstream())
+            usage = UsageEvents(nc.jetstream())
+            responses = ResponseCache(settings, redis, usage)
             app.state.services = EdgeServices(
-                settings, nc, bus, redis, keys, cache, gate, responses
+                settings, nc, bus, redis, keys, cache, gate, responses, usage
             )
             log.info("edge.started", host=settings.edge_host, port=settings.edge_port)
             try:
                 yield
             finally:
                 log.info("edge.stopping")
-                await responses.stop()
+                await usage.stop()
     finally:
         await gate.stop()
         await events.stop()

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import orjson
 from litestar import MediaType, Response, post
@@ -33,12 +34,50 @@ from switchboard.edge.gate import Admission
 from switchboard.edge.lifespan import EdgeServices, HttpRequest, services_of
 from switchboard.edge.observe import cache_hits, current_span
 from switchboard.edge.requests import parse_chat_request
+from switchboard.edge.usage_events import UsageEvents, gave_up_event
 
 __all__ = ["chat_completions"]
 
 log = get_logger(__name__)
 
 _DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class _Handed:
+    """A request handed to the bus, and whether a router ended it.
+
+    A router that ends a request (its ``t`` or ``e`` frame) publishes the usage event.
+    When the edge gives up first (no router, NATS down, a router silent for
+    ``EDGE_IDLE_TIMEOUT``, the deadline, frames it cannot follow), it publishes the event
+    itself, so every admitted request is in the ledger. A client that leaves is not a
+    give-up: the router hears the cancel and records it.
+    """
+
+    usage: UsageEvents
+    envelope: ChatRequest
+    started: CompletionStarted | None = None
+    started_body: bytes | None = None
+    """The started frame unparsed (a non-streamed answer needs it only if the edge gives up)."""
+    output: bool = False
+    """Some of the answer arrived (a chunk, or the response)."""
+    ended: bool = False
+    """A router sent its terminal frame, or the edge already published the event."""
+
+    def end(self) -> None:
+        """The router ended the request: the usage event is its to publish."""
+        self.ended = True
+
+    def give_up(self, error: GatewayError) -> None:
+        """The edge ends the request with ``error``: publish its usage event (once)."""
+        if self.ended:
+            return
+        self.ended = True
+        log.warning("chat.gave_up", code=error.code, status=error.status)
+        started = self.started
+        if started is None and self.started_body is not None:
+            started = CompletionStarted.model_validate_json(self.started_body)
+        self.usage.publish(gave_up_event(self.envelope, error, started=started, output=self.output))
 
 
 def _failure(frame: Frame, headers: dict[str, str]) -> GatewayError:
@@ -143,6 +182,7 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
     )
     headers = {"x-request-id": request_id, **admission.headers}
     received_at = time.time()
+    handed: _Handed | None = None
     try:
         responses = services.responses
         cache_key = responses.key_for(chat, request.headers, identity.key_id)
@@ -164,14 +204,19 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
         )
         payload = envelope.encode()
         deadline = asyncio.get_running_loop().time() + settings.edge_request_timeout
+        handed = _Handed(services.usage, envelope)
         exchange = await services.bus.open(
             subjects.CHAT_REQUEST, payload, deadline=deadline, headers=inject_headers()
         )
         store = (responses, cache_key) if cache_key is not None else None
         if chat.wants_stream:
-            return await _stream(services, exchange, admission, headers, store)
-        return await _complete(services.bus, request, exchange, admission, headers, store=store)
+            return await _stream(services, exchange, admission, headers, store=store, handed=handed)
+        return await _complete(
+            services.bus, request, exchange, admission, headers, store=store, handed=handed
+        )
     except GatewayError as exc:
+        if handed is not None:
+            handed.give_up(exc)
         admission.abandon(consumed=False)
         return error_response(exc.detail, exc.status, retry_after=exc.retry_after, headers=headers)
     except BaseException:
@@ -187,9 +232,10 @@ async def _complete(
     headers: dict[str, str],
     *,
     store: _Store | None,
+    handed: _Handed,
 ) -> Response[bytes]:
     """Wait for the whole answer; if the client leaves first, cancel the upstream call."""
-    collect = asyncio.ensure_future(_collect(exchange, headers))
+    collect = asyncio.ensure_future(_collect(exchange, headers, handed))
     disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait((collect, disconnect), return_when=asyncio.FIRST_COMPLETED)
@@ -199,6 +245,8 @@ async def _complete(
             collect.cancel()
             bus.cancel(headers["x-request-id"])
             log.info("chat.client_disconnected", key_id=admission.identity.key_id)
+        elif not handed.ended:  # the edge gave up on the router: stop it, if it still runs
+            bus.cancel(headers["x-request-id"])
         exchange.close()
     body, finished = collect.result()
     await admission.finish(finished)
@@ -209,16 +257,21 @@ async def _complete(
     return Response(content=body, media_type=MediaType.JSON, headers=headers)
 
 
-async def _collect(exchange: Exchange, headers: dict[str, str]) -> tuple[bytes, CompletionFinished]:
+async def _collect(
+    exchange: Exchange, headers: dict[str, str], handed: _Handed
+) -> tuple[bytes, CompletionFinished]:
     body: bytes | None = None
     async for frame in exchange:
         if frame.kind is FrameKind.STARTED:
-            continue  # the end frame says the same and more
-        if frame.kind is FrameKind.RESPONSE:
+            handed.started_body = frame.body  # the end frame says the same and more
+        elif frame.kind is FrameKind.RESPONSE:
             body = frame.body
+            handed.output = True
         elif frame.kind is FrameKind.END and body is not None:
+            handed.end()
             return body, CompletionFinished.model_validate_json(frame.body)
         elif frame.kind is FrameKind.ERROR:
+            handed.end()
             raise _failure(frame, headers)
         else:
             raise _unexpected_frame(frame)
@@ -235,7 +288,9 @@ async def _stream(
     exchange: Exchange,
     admission: Admission,
     headers: dict[str, str],
+    *,
     store: _Store | None,
+    handed: _Handed,
 ) -> Stream:
     """Start the SSE response once the first chunk is there.
 
@@ -243,13 +298,13 @@ async def _stream(
     it, the stream ends with an error event and ``[DONE]``.
     """
     request_id = admission.request_id
-    started: CompletionStarted | None = None
     try:
         first = await anext(exchange)
         if first.kind is FrameKind.STARTED:
-            started = CompletionStarted.model_validate_json(first.body)
+            handed.started = CompletionStarted.model_validate_json(first.body)
             first = await anext(exchange)
         if first.kind is FrameKind.ERROR:
+            handed.end()
             raise _failure(first, headers)
         if first.kind is not FrameKind.CHUNK:
             raise _unexpected_frame(first)
@@ -257,6 +312,8 @@ async def _stream(
         exchange.close()
         services.bus.cancel(request_id)
         raise
+    handed.output = True
+    started = handed.started
     if started is not None:
         headers["x-switchboard-model"] = started.served_model
         headers["x-switchboard-fallbacks"] = str(started.fallbacks)
@@ -267,14 +324,20 @@ async def _stream(
     headers["cache-control"] = "no-store"
     headers["x-accel-buffering"] = "no"
     return Stream(
-        _relay(services.bus, exchange, admission, first, store),
+        _relay(services.bus, exchange, admission, first, store=store, handed=handed),
         media_type="text/event-stream",
         headers=headers,
     )
 
 
 async def _relay(
-    bus: Bus, exchange: Exchange, admission: Admission, first: Frame, store: _Store | None
+    bus: Bus,
+    exchange: Exchange,
+    admission: Admission,
+    first: Frame,
+    *,
+    store: _Store | None,
+    handed: _Handed,
 ) -> AsyncIterator[bytes]:
     """Write chunks as they arrive, framing them as SSE without parsing them.
 
@@ -294,6 +357,7 @@ async def _relay(
                 yield b"data: " + frame.body + b"\n\n"
             elif frame.kind is FrameKind.END:
                 finished = True
+                handed.end()
                 report = CompletionFinished.model_validate_json(frame.body)
                 await admission.finish(report)
                 if report.chunks != chunks:
@@ -311,6 +375,7 @@ async def _relay(
                 return
             elif frame.kind is FrameKind.ERROR:
                 finished = True
+                handed.end()
                 admission.abandon(consumed=True)
                 yield _sse_error(_failure(frame, {}).detail)
                 return
@@ -318,6 +383,7 @@ async def _relay(
                 raise _unexpected_frame(frame)
     except GatewayError as exc:
         log.warning("chat.stream_failed", code=exc.code)
+        handed.give_up(exc)
         yield _sse_error(exc.detail)
     finally:
         exchange.close()
