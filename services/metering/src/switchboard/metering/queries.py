@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections import defaultdict
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -46,11 +45,16 @@ SELECT toDate(received_at) AS day, model,
 FROM usage_events FINAL
 WHERE key_id = {key_id:String}
   AND toDate(received_at) >= {start_date:Date} AND toDate(received_at) <= {end_date:Date}
-GROUP BY day, model
+GROUP BY GROUPING SETS ((day), (model), ())
+SETTINGS group_by_use_nulls = 1
 """
 """The same sums as ``usage_daily_by_key_model`` (a test holds them equal), read from the
 ledger directly: only the columns a report needs, over the key's slice of the sorting key
-and the months of the range."""
+and the months of the range. One pass gives all three parts of the report: per day
+(``model`` NULL), per model (``day`` NULL) and the total (both NULL; the ledger never
+holds a NULL in either). That is days + models + 1 rows rather than one per day and model,
+which Python would add up row by row: a third of the time of a busy key's 90-day report
+(``python -m bench.usage``)."""
 
 _COUNTERS = (
     "requests",
@@ -91,13 +95,17 @@ def usage_report(client: Client, query: UsageQuery) -> UsageReport:
         },
     )
     totals = _Sum()
-    by_model: defaultdict[str, _Sum] = defaultdict(_Sum)
-    by_day: defaultdict[date, _Sum] = defaultdict(_Sum)
+    by_model: dict[str, _Sum] = {}
+    by_day: dict[date, _Sum] = {}
     for day, model, *rest in result.result_rows:
-        counts, cost = tuple(rest[:-1]), Decimal(rest[-1])
-        totals.add(counts, cost)
-        by_model[model].add(counts, cost)
-        by_day[day].add(counts, cost)
+        sums = _Sum()
+        sums.add(tuple(rest[:-1]), Decimal(rest[-1]))
+        if day is not None:
+            by_day[day] = sums
+        elif model is not None:
+            by_model[model] = sums
+        else:
+            totals = sums
     models = sorted(by_model.items(), key=lambda item: (-item[1].cost, item[0]))
     return UsageReport(
         key_id=query.key_id,
