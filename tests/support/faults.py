@@ -381,13 +381,12 @@ class FaultStack:
         key_id: str,
         seen: list[Seen],
         *,
-        may_miss: frozenset[str] = frozenset(),
         within: float = 30.0,
     ) -> dict[str, LedgerRow]:
         """See :func:`settled_ledger`; every request seen must have a request id."""
         assert all(s.request_id for s in seen), "a request without an x-request-id"
         ids = {s.request_id for s in seen if s.request_id}
-        return settled_ledger(self.nats.url, key_id, ids, may_miss=may_miss, within=within)
+        return settled_ledger(self.nats.url, key_id, ids, within=within)
 
     def generations(self, key_id: str) -> dict[str, list[str]]:
         """PostHog ``$ai_generation`` uuids per request id (PostHog keeps one per uuid)."""
@@ -461,15 +460,11 @@ def settled_ledger(
     key_id: str,
     request_ids: set[str],
     *,
-    may_miss: frozenset[str] = frozenset(),
     within: float = 30.0,
 ) -> dict[str, LedgerRow]:
     """The ledger of ``key_id`` once it holds every one of ``request_ids`` and metering
-    has acknowledged every event: exactly one row per request id, checked here.
-
-    ``may_miss``: request ids whose rows may be missing (only there to name a known gap;
-    the caller reports how many were)."""
-    required = request_ids - may_miss
+    has acknowledged every event: exactly one row per request id, checked here."""
+    required = request_ids
     deadline = time.monotonic() + within
     while not required <= {row.request_id for row in ledger(nats_url, key_id)}:
         if time.monotonic() > deadline:

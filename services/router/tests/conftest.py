@@ -138,12 +138,16 @@ def make_services() -> ServicesFactory:
             no_models, cache_path=None, refresh_interval=60, fetch_timeout=1
         )
         sink = recorded if recorded is not None else []
+
+        async def record_usage(event: UsageRecorded) -> None:
+            sink.append(event)
+
         return ChatServices(
             planner=Planner(routing, catalog, breakers),
             clients={"openrouter": client},
             breakers=breakers,
             retry=routing.config.retry,
-            record_usage=sink.append,
+            record_usage=record_usage,
             slot=slot or asyncio.Semaphore(1),
             keepalive_interval=keepalive_interval,
         )

@@ -28,6 +28,7 @@ class StubJetStream:
         self.published: list[tuple[str, bytes, dict[str, str]]] = []
         self.added = self.updated = 0
         self.stream_down = False
+        self.sent_async = 0
 
     async def add_stream(self, _config: Any) -> None:
         if self.stream_down:
@@ -38,6 +39,13 @@ class StubJetStream:
 
     async def update_stream(self, _config: Any) -> None:
         self.updated += 1
+
+    async def publish_async(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[Ack]:
+        """Sent at once; the ack (or failure) later, as JetStream's async publish."""
+        self.sent_async += 1
+        return asyncio.ensure_future(self.publish(subject, payload, headers))
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> Ack:
         outcome = self.outcomes.pop(0) if self.outcomes else None
@@ -221,6 +229,25 @@ async def test_a_timeout_beside_successes_is_lag_not_an_outage(make_settings: An
     assert publisher.healthy, "no backoff: the window stayed open"
     await publisher.close(grace=1)
     assert sorted(headers["Nats-Msg-Id"] for _, _, headers in js.published) == ["r0", "r1", "r2"]
+
+
+async def test_publish_sends_at_once_while_publishing_works_else_queues(
+    make_settings: Any,
+) -> None:
+    js = StubJetStream([NatsTimeoutError(), NatsTimeoutError()])
+    publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
+    await publisher.publish(event("early"))  # not started: queued
+    assert (js.sent_async, publisher.backlog) == (0, 1)
+    await publisher.start()
+    async with asyncio.timeout(5):
+        while not publisher.published:  # noqa: ASYNC110 - two failures, then sent
+            await asyncio.sleep(0.01)
+        await publisher.publish(event("now"))
+        while publisher.backlog:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert js.sent_async == 1, "sent on the connection at once, acked in the background"
+    await publisher.close(grace=1)
+    assert sorted(headers["Nats-Msg-Id"] for _, _, headers in js.published) == ["early", "now"]
 
 
 def test_stream_config_from_settings(make_settings: Any) -> None:

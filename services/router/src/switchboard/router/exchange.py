@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +56,9 @@ class ChatServices:
     """One client per configured provider, by name."""
     breakers: Breakers
     retry: RetryPolicy
-    record_usage: Callable[[UsageRecorded], None]
+    record_usage: Callable[[UsageRecorded], Awaitable[None]]
+    """Sends the request's usage event; awaited before the terminal frame, so the event is
+    on the connection ahead of it (:meth:`UsagePublisher.publish`)."""
     slot: AbstractAsyncContextManager[Any]
     keepalive_interval: float
     usage_text: TextPolicy = field(default_factory=TextPolicy)
@@ -215,10 +217,14 @@ async def _serve_chat(
     status: UsageStatus = "error"
     error: GatewayError | None = None
     http_status = 500
+    recorded = False
     try:
         finished = await _serve(envelope, reply, services, ledger)
-        await reply.finish(finished)
         status, http_status = "ok", 200
+        # The event before the end frame: a router killed between the two has sent it.
+        await services.record_usage(ledger.event(status, http_status, None))
+        recorded = True
+        await reply.finish(finished)
     except asyncio.CancelledError:
         if reply.silenced:
             status, http_status = "cancelled", CLIENT_CLOSED
@@ -252,7 +258,8 @@ async def _serve_chat(
     finally:
         if error is not None:
             http_status = error.status
-        services.record_usage(ledger.event(status, http_status, error))
+        if not recorded:
+            await services.record_usage(ledger.event(status, http_status, error))
         observe_chat(
             span,
             ledger,

@@ -1,6 +1,9 @@
 """Usage events to JetStream: in the background, de-duplicated, never in the client's way.
 
-:meth:`UsagePublisher.record` only queues an event (bounded, ``ROUTER_USAGE_QUEUE_SIZE``); a
+:meth:`UsagePublisher.publish` writes an event to the connection at once while publishing
+works (the exchange awaits it just before the terminal frame, so the event travels ahead of
+it) and awaits the ack in the background; otherwise it queues the event, as
+:meth:`UsagePublisher.record` always does (bounded, ``ROUTER_USAGE_QUEUE_SIZE``). A
 worker publishes the queue with up to :data:`WINDOW` publishes awaiting JetStream's ack at
 once (one at a time, or 64 at a time, capped the router at a few dozen events/s under heavy
 load, well below the requests it served), each event with ``Nats-Msg-Id`` = its request id,
@@ -20,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Coroutine
+from typing import Any
 
 from nats.errors import Error as NatsError
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError
 from nats.js.errors import NotFoundError as StreamNotFoundError
 
@@ -72,7 +77,8 @@ class UsagePublisher:
     """Queues usage events and publishes them to JetStream in the background."""
 
     def __init__(self, nc: NATS, settings: RouterSettings) -> None:
-        self._js = nc.jetstream(timeout=settings.router_usage_publish_timeout)
+        self._timeout = settings.router_usage_publish_timeout
+        self._js = nc.jetstream(timeout=self._timeout)
         self._config = usage_stream_config(settings)
         self._queue: deque[_Entry] = deque()
         """Events waiting, with the trace context they were recorded in."""
@@ -108,7 +114,36 @@ class UsagePublisher:
 
     def record(self, event: UsageRecorded) -> None:
         """Queue ``event``; returns at once."""
-        self._queue.append((event, inject_headers()))
+        self._enqueue((event, inject_headers()))
+
+    async def publish(self, event: UsageRecorded) -> None:
+        """Hand ``event`` to the NATS connection now, ahead of anything published on it
+        after this returns (the exchange's terminal frame), and await JetStream's ack in
+        the background; queue it instead while publishing fails or the window is full.
+
+        A router killed right after an answer's last frame has then still sent that
+        answer's event: NATS delivers one connection's messages in order.
+        """
+        entry = (event, inject_headers())
+        if self._task is None or self._failures or self._queue or not self._window_open():
+            self._enqueue(entry)
+            return
+        try:
+            ack = await self._js.publish_async(
+                subjects.USAGE_RECORDED,
+                event.model_dump_json().encode(),
+                headers={**entry[1], _MSG_ID: event.event_id},
+            )
+        except (NatsError, OSError):
+            self._enqueue(entry)  # the connection is down: the worker retries
+            return
+        self._launch(self._attempt(entry, ack))
+
+    def _window_open(self) -> bool:
+        return len(self._in_flight) < (1 if self._failures else WINDOW)
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._queue.append(entry)
         if len(self._queue) > self._capacity:
             self._drop(self._queue.popleft()[0], reason="queue_full")
         self._wake.set()
@@ -150,9 +185,8 @@ class UsagePublisher:
         return True
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self._queue or len(self._in_flight) >= (1 if self._failures else WINDOW):
+            if not self._queue or not self._window_open():
                 if not self.backlog:
                     self._flushed.set()
                 self._wake.clear()
@@ -166,19 +200,32 @@ class UsagePublisher:
                     await self._ensure_stream()
                 if not self._queue:
                     continue
-            task = loop.create_task(self._attempt(self._queue.popleft()))
-            self._in_flight.add(task)
-            task.add_done_callback(self._settled)
+            self._launch(self._attempt(self._queue.popleft()))
+
+    def _launch(self, attempt: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(attempt)
+        self._in_flight.add(task)
+        task.add_done_callback(self._settled)
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._wake.set()
 
-    async def _attempt(self, entry: _Entry) -> None:
+    async def _attempt(self, entry: _Entry, sent: asyncio.Future[PubAck] | None = None) -> None:
+        """Publish ``entry`` (or await the ack of its ``sent`` publish); on failure it goes
+        back to the front of the queue."""
         event = entry[0]
         successes = self.published
         try:
-            await self._publish(event, entry[1])
+            if sent is None:
+                ack = await self._js.publish(
+                    subjects.USAGE_RECORDED,
+                    event.model_dump_json().encode(),
+                    headers={**entry[1], _MSG_ID: event.event_id},
+                )
+            else:
+                ack = await asyncio.wait_for(sent, self._timeout)
+            self._published(event, ack)
         except (StreamNotFoundError, NoStreamResponseError) as exc:
             self._queue.appendleft(entry)
             self._failures += 1
@@ -202,12 +249,7 @@ class UsagePublisher:
             self._failures = 0
             self._stream_ready = True
 
-    async def _publish(self, event: UsageRecorded, trace_headers: dict[str, str]) -> None:
-        ack = await self._js.publish(
-            subjects.USAGE_RECORDED,
-            event.model_dump_json().encode(),
-            headers={**trace_headers, _MSG_ID: event.event_id},
-        )
+    def _published(self, event: UsageRecorded, ack: PubAck) -> None:
         self.published += 1
         usage_published.add(1)
         if ack.duplicate:

@@ -125,7 +125,7 @@ class RouterService:
                 clients=clients,
                 breakers=self.breakers,
                 retry=routing.config.retry,
-                record_usage=usage.record,
+                record_usage=usage.publish,
                 slot=self.inflight.slot,
                 keepalive_interval=settings.router_keepalive_interval,
                 usage_text=TextPolicy(
