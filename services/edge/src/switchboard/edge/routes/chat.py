@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import orjson
 from litestar import MediaType, Response, post
@@ -41,6 +42,15 @@ __all__ = ["chat_completions"]
 log = get_logger(__name__)
 
 _DONE = b"data: [DONE]\n\n"
+_MODEL_HEADER = "x-switchboard-model"
+_HEADER_SAFE = "/:@._-+~ "
+
+
+def _header_safe(value: str) -> str:
+    """``value`` percent-encoded beyond printable ASCII: a model name comes from the client
+    or an upstream, and CR, LF or a non-Latin-1 character in a header would break (or
+    split) the response."""
+    return quote(value, safe=_HEADER_SAFE)
 
 
 @dataclass(slots=True)
@@ -84,7 +94,7 @@ def _failure(frame: Frame, headers: dict[str, str]) -> GatewayError:
     """The router's error as an exception; what it tried goes into the response headers."""
     failed = CompletionFailed.model_validate_json(frame.body)
     if failed.model:
-        headers["x-switchboard-model"] = failed.model
+        headers[_MODEL_HEADER] = _header_safe(failed.model)
     headers["x-switchboard-fallbacks"] = str(failed.fallbacks)
     return GatewayError(
         failed.error.message,
@@ -129,7 +139,7 @@ async def _serve_cached(
     cache_hits.add(1)
     log.info("chat.cache_hit", key_id=admission.identity.key_id)
     headers[CACHE_HEADER] = "hit"
-    headers["x-switchboard-model"] = cached.served_model
+    headers[_MODEL_HEADER] = _header_safe(cached.served_model)
     headers["x-switchboard-fallbacks"] = "0"
     if chat.wants_stream:
         headers["cache-control"] = "no-store"
@@ -252,7 +262,7 @@ async def _complete(
     await admission.finish(finished)
     if store is not None:
         await store[0].store(store[1], CachedAnswer.of(finished, body=body))
-    headers["x-switchboard-model"] = finished.served_model
+    headers[_MODEL_HEADER] = _header_safe(finished.served_model)
     headers["x-switchboard-fallbacks"] = str(finished.fallbacks)
     return Response(content=body, media_type=MediaType.JSON, headers=headers)
 
@@ -315,12 +325,12 @@ async def _stream(
     handed.output = True
     started = handed.started
     if started is not None:
-        headers["x-switchboard-model"] = started.served_model
+        headers[_MODEL_HEADER] = _header_safe(started.served_model)
         headers["x-switchboard-fallbacks"] = str(started.fallbacks)
     else:  # a router that predates the started frame
         model = orjson.loads(first.body).get("model")
         if isinstance(model, str):
-            headers["x-switchboard-model"] = model
+            headers[_MODEL_HEADER] = _header_safe(model)
     headers["cache-control"] = "no-store"
     headers["x-accel-buffering"] = "no"
     return Stream(
