@@ -210,7 +210,7 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
             received_at=now,
             deadline=now + settings.edge_request_timeout,
             request=chat,
-            accepts_started=True,
+            accepts_started=chat.wants_stream,  # a completion's end frame says it all
         )
         payload = envelope.encode()
         deadline = asyncio.get_running_loop().time() + settings.edge_request_timeout
