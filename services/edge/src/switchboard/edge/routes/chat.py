@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -144,8 +144,10 @@ async def _serve_cached(
     if chat.wants_stream:
         headers["cache-control"] = "no-store"
         headers["x-accel-buffering"] = "no"
-        events: Iterator[bytes] = cached.sse(include_usage=chat.wants_usage_chunk)
-        return Stream(events, media_type="text/event-stream", headers=headers)
+        # The whole replay in one write: nothing is gained by trickling a stored answer,
+        # and one send per chunk made a streamed hit cost as much as a streamed miss.
+        replay = b"".join(cached.sse(include_usage=chat.wants_usage_chunk))
+        return Stream((replay,), media_type="text/event-stream", headers=headers)
     return Response(content=cached.completion(), media_type=MediaType.JSON, headers=headers)
 
 
