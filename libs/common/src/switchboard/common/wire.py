@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +53,7 @@ __all__ = [
     "TokenUsage",
     "decode_frame",
     "encode_frame",
+    "request_usage_fields",
 ]
 
 WIRE_VERSION: Literal[1] = 1
@@ -151,6 +152,27 @@ class ChatRequest(_Wire):
         """JSON for the wire: only what the client sent, so no default becomes an explicit
         ``null`` for the upstream."""
         return self.model_dump_json(exclude_unset=True, by_alias=True).encode()
+
+
+def request_usage_fields(
+    request_id: str, key: KeyIdentity, request: ChatCompletionRequest
+) -> dict[str, Any]:
+    """The fields of a :class:`~switchboard.common.events.UsageRecorded` that the request
+    alone decides (who asked, for what, how), the same whoever publishes the event: the
+    router that served it, or the edge for a cache hit or a request no router ended."""
+    return {
+        "event_id": request_id,
+        "request_id": request_id,
+        "key_id": key.key_id,
+        "key_name": key.name,
+        "key_owner": key.owner,
+        "privacy_mode": key.privacy_mode,
+        "end_user": request.user,
+        "requested_model": request.model,
+        "stream": request.wants_stream,
+        "temperature": request.temperature,
+        "max_tokens": request.max_completion_tokens or request.max_tokens,
+    }
 
 
 class TokenUsage(_Wire):

@@ -35,7 +35,12 @@ from redis.exceptions import RedisError
 from switchboard.common.chat import ChatCompletionRequest
 from switchboard.common.events import CostSource, UsageRecorded
 from switchboard.common.logs import get_logger
-from switchboard.common.wire import CompletionFinished, KeyIdentity, TokenUsage
+from switchboard.common.wire import (
+    CompletionFinished,
+    KeyIdentity,
+    TokenUsage,
+    request_usage_fields,
+)
 from switchboard.edge.settings import EdgeSettings
 from switchboard.edge.usage_events import UsageEvents
 
@@ -331,14 +336,7 @@ class ResponseCache:
         usage = answer.usage or TokenUsage()
         now = time.time()
         event = UsageRecorded(
-            event_id=request_id,
-            request_id=request_id,
-            key_id=identity.key_id,
-            key_name=identity.name,
-            key_owner=identity.owner,
-            privacy_mode=identity.privacy_mode,
-            end_user=chat.user,
-            requested_model=chat.model,
+            **request_usage_fields(request_id, identity, chat),
             served_model=answer.served_model,
             provider=answer.provider,
             upstream_provider=answer.upstream_provider,
@@ -352,9 +350,6 @@ class ResponseCache:
             cost_usd=0.0,
             cost_source=answer.cost_source,
             latency_ms=max(int((now - received_at) * 1000), 0),
-            stream=chat.wants_stream,
-            temperature=chat.temperature,
-            max_tokens=chat.max_completion_tokens or chat.max_tokens,
             received_at=received_at,
             started_at=received_at,
             finished_at=now,

@@ -36,7 +36,7 @@ from switchboard.common.errors import GatewayError
 from switchboard.common.events import UsageRecorded
 from switchboard.common.logs import get_logger
 from switchboard.common.telemetry import meter
-from switchboard.common.wire import ChatRequest, CompletionStarted
+from switchboard.common.wire import ChatRequest, CompletionStarted, request_usage_fields
 
 __all__ = ["UsageEvents", "gave_up_event"]
 
@@ -66,17 +66,9 @@ def gave_up_event(
     answer the cost is 0; once an answer was under way it is unknown (``None``): the
     upstream produced tokens that nobody priced.
     """
-    request, key = envelope.request, envelope.key
     now = time.time()
     return UsageRecorded(
-        event_id=envelope.request_id,
-        request_id=envelope.request_id,
-        key_id=key.key_id,
-        key_name=key.name,
-        key_owner=key.owner,
-        privacy_mode=key.privacy_mode,
-        end_user=request.user,
-        requested_model=request.model,
+        **request_usage_fields(envelope.request_id, envelope.key, envelope.request),
         served_model=started.served_model if started else None,
         provider=started.provider if started else None,
         status="error",
@@ -87,11 +79,8 @@ def gave_up_event(
         cost_usd=None if output else 0.0,
         cost_source="unknown",
         latency_ms=max(round((now - envelope.received_at) * 1000), 0),
-        stream=request.wants_stream,
         retries=started.retries if started else 0,
         fallbacks=started.fallbacks if started else 0,
-        temperature=request.temperature,
-        max_tokens=request.max_completion_tokens or request.max_tokens,
         # The router's copy of this event has the same ``received_at`` (the envelope's),
         # hence the same ledger sorting key: the two collapse into one row.
         received_at=envelope.received_at,

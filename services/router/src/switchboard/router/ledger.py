@@ -10,7 +10,7 @@ import orjson
 
 from switchboard.common.errors import GatewayError
 from switchboard.common.events import AttemptRecord, UsageRecorded, UsageStatus
-from switchboard.common.wire import ChatRequest, TokenUsage
+from switchboard.common.wire import ChatRequest, TokenUsage, request_usage_fields
 from switchboard.router.cost import Cost
 from switchboard.router.routing import Candidate, Route
 from switchboard.router.transcript import OutputAssembler, TextPolicy, cap_text, input_messages
@@ -108,20 +108,13 @@ class Ledger:
         self, status: UsageStatus, http_status: int, error: GatewayError | None = None
     ) -> UsageRecorded:
         """The usage event of the request as it ended."""
-        envelope, request, key = self.envelope, self.envelope.request, self.envelope.key
+        envelope = self.envelope
         usage = self.usage or TokenUsage()
         candidate = self.candidate
         message = error.message[:_MAX_ERROR_MESSAGE] if error else None
         messages, choices, truncated = self._texts()
         return UsageRecorded(
-            event_id=envelope.request_id,
-            request_id=envelope.request_id,
-            key_id=key.key_id,
-            key_name=key.name,
-            key_owner=key.owner,
-            privacy_mode=key.privacy_mode,
-            end_user=request.user,
-            requested_model=request.model,
+            **request_usage_fields(envelope.request_id, envelope.key, envelope.request),
             served_model=self.model_tried,
             provider=candidate.provider.name if candidate else None,
             provider_base_url=candidate.provider.base_url if candidate else None,
@@ -145,12 +138,9 @@ class Ledger:
             ttft_ms=(
                 _ms(self._first_output - self._started) if self._first_output is not None else None
             ),
-            stream=request.wants_stream,
             retries=self.retries,
             fallbacks=self.fallbacks,
             attempts=self.attempts,
-            temperature=request.temperature,
-            max_tokens=request.max_completion_tokens or request.max_tokens,
             received_at=envelope.received_at,
             started_at=self.started_at,
             finished_at=time.time(),
