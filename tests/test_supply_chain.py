@@ -7,12 +7,13 @@ our own workspace packages left out), asking OSV's API (``api.osv.dev``) about e
 The gate on top of it is ours: every finding must be covered by an exception naming its id
 (or an alias) and its package, and an exception past its ``expires`` date fails by itself.
 
-"Could not ask" is never "nothing found". When the service cannot be reached, or did not
-answer for every package, the real audit is *skipped* with the tool's own error as the
-reason (``pytest -ra``, which our addopts turn on, prints it in the summary): CI without
-internet stays green but says plainly that nothing was audited. With
-``SWITCHBOARD_AUDIT=required`` (``make audit``; a release pipeline with internet) the same
-case *fails*.
+"Could not ask" is never "nothing found". When OSV cannot be reached, the audit falls back
+to PyPI's own advisories (``tests/support/pypi_advisories.py``: the JSON API lists the
+known vulnerabilities of each project's latest release), which audits for real every
+locked package at its latest release; findings fail as above. The packages no source could
+answer for make a second test *skip*, naming them, with the reason (``pytest -ra``, which
+our addopts turn on, prints it in the summary). With ``SWITCHBOARD_AUDIT=required`` (``make
+audit``; a release pipeline with internet) that case *fails*.
 
 Without internet the gate itself is proven against a local OSV service
 (``tests/support/osv_emulator.py``) that reports a made-up vulnerability for a locked
@@ -26,18 +27,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
+import httpx
 import pytest
 
 from tests.support.osv_emulator import OsvEmulator, OsvRequest, canonical_name, vulnerability
+from tests.support.pypi_advisories import (
+    PYPI_JSON_URL,
+    Advisory,
+    locked_requirements,
+    pypi_audit,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCEPTIONS_FILE = ROOT / "deploy" / "audit-exceptions.toml"
@@ -242,15 +253,54 @@ def test_exceptions_file_is_reviewed_and_current() -> None:
     assert not expired, Verdict([], expired, today).explain()
 
 
-def test_locked_dependencies_have_no_unexcepted_vulnerability(tmp_path: Path) -> None:
-    """The real audit: OSV's service, every locked package, the reviewed exceptions."""
-    requirements = export_lock(tmp_path)
+@dataclass
+class RealAudit:
+    """The audit of the lock against the real services."""
+
+    findings: list[Finding]
+    not_audited: list[str]
+    """``name==version`` of the packages no source could answer for."""
+    source: str
+
+
+def audit_with_fallback(requirements: Path, directory: Path, pypi_url: str) -> RealAudit:
+    """pip-audit against OSV; if OSV cannot be asked, PyPI's own advisories for every
+    package at its latest release (the rest: not audited). Neither reachable: unavailable."""
     try:
-        findings = pip_audit(requirements, OSV_QUERY_URL, tmp_path)
+        return RealAudit(pip_audit(requirements, OSV_QUERY_URL, directory), [], "OSV")
     except AuditUnavailableError as exc:
-        unavailable(str(exc))
-    verdict = Verdict(findings, load_exceptions(EXCEPTIONS_FILE), datetime.now(UTC).date())
-    assert verdict.passed, verdict.explain()
+        osv_failure = str(exc)
+    try:
+        pypi = pypi_audit(locked_requirements(requirements), pypi_url)
+    except httpx.HTTPError as exc:
+        unavailable(f"{osv_failure}; and PyPI's JSON API failed too: {exc!r}")
+    findings = [Finding(a.package, a.version, a.id, a.aliases) for a in pypi.advisories]
+    source = f"PyPI's advisories ({len(pypi.audited)} packages at their latest release)"
+    return RealAudit(findings, pypi.not_audited, f"{source}; OSV: {osv_failure}")
+
+
+@pytest.fixture(scope="module")
+def real_audit(tmp_path_factory: pytest.TempPathFactory) -> RealAudit:
+    """The real audit, once per run."""
+    directory = tmp_path_factory.mktemp("real-audit")
+    return audit_with_fallback(export_lock(directory), directory, PYPI_JSON_URL)
+
+
+def test_locked_dependencies_have_no_unexcepted_vulnerability(real_audit: RealAudit) -> None:
+    """The real audit: every package a source could answer for, the reviewed exceptions."""
+    verdict = Verdict(
+        real_audit.findings, load_exceptions(EXCEPTIONS_FILE), datetime.now(UTC).date()
+    )
+    assert verdict.passed, f"{verdict.explain()}\n(source: {real_audit.source})"
+
+
+def test_every_locked_dependency_was_audited(real_audit: RealAudit) -> None:
+    """What no source answered for is reported, not passed over."""
+    if real_audit.not_audited:
+        unavailable(
+            f"{len(real_audit.not_audited)} locked packages not audited "
+            f"({', '.join(real_audit.not_audited[:5])}); audited through {real_audit.source}"
+        )
 
 
 # --- the gate, proven offline -------------------------------------------------------------
@@ -400,3 +450,59 @@ def test_a_malformed_exception_is_refused(tmp_path: Path, entry: str) -> None:
     path.write_text(f"[[exception]]\n{entry}")
     with pytest.raises((ValueError, TypeError), match="exception #1"):
         load_exceptions(path)
+
+
+# --- PyPI's advisories, the fallback source, proven offline ------------------------------
+
+
+class _PypiJson(BaseHTTPRequestHandler):
+    """``GET /<project>/json`` from a fixed table; any other project: 404."""
+
+    projects: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def do_GET(self) -> None:
+        name = self.path.strip("/").removesuffix("/json")
+        data = self.projects.get(name, {"info": {"version": "0"}} if name == "pip" else None)
+        body = json.dumps(data).encode()
+        self.send_response(200 if data is not None else 404)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_pypi_advisories_audit_latest_releases_and_name_the_rest() -> None:
+    version = locked_version(VULNERABLE)
+    withdrawn = {"id": "SBX-OLD", "aliases": [], "withdrawn": "2026-01-01T00:00:00Z"}
+    made_up = {"id": MADE_UP_ID, "aliases": [MADE_UP_ALIAS], "withdrawn": None}
+    _PypiJson.projects = {
+        VULNERABLE: {"info": {"version": version}, "vulnerabilities": [made_up, withdrawn]},
+        "older": {"info": {"version": "2.0"}, "vulnerabilities": []},
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PypiJson)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        audit = pypi_audit([(VULNERABLE, version), ("older", "1.0"), ("gone", "1.0")], url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert audit.advisories == [Advisory(VULNERABLE, version, MADE_UP_ID, (MADE_UP_ALIAS,))]
+    assert audit.audited == [f"{VULNERABLE}=={version}"]
+    assert audit.not_audited == ["older==1.0", "gone==1.0"]
+    findings = [Finding(a.package, a.version, a.id, a.aliases) for a in audit.advisories]
+    today = datetime.now(UTC).date()
+    assert not Verdict(findings, [], today).passed
+    assert Verdict(findings, [_exception(today + timedelta(days=30))], today).passed
+
+
+def test_an_unreachable_pypi_is_not_a_pass() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(httpx.HTTPError):
+        pypi_audit([(VULNERABLE, locked_version(VULNERABLE))], f"http://127.0.0.1:{port}")
