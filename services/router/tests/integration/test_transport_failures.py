@@ -151,3 +151,31 @@ async def test_a_closed_port_is_unreachable(make_settings: Callable[..., RouterS
     settings = make_settings(openrouter_base_url=f"http://127.0.0.1:{port}/api/v1")
     assert isinstance(await _fails_with(settings, _complete), UpstreamUnreachableError)
     assert isinstance(await _fails_with(settings, _stream), UpstreamUnreachableError)
+
+
+async def _one_request_per_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Answers a connection's first request (keep-alive), then hangs up on the next, as a
+    server does when its idle timeout fires just as a request arrives."""
+    await _read_request(reader)
+    body = b'{"id": "gen-1", "choices": [{"message": {"content": "hi"}}]}'
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    await _read_request(reader)
+    writer.close()
+
+
+async def test_an_idle_pooled_connection_is_not_reused_past_the_keepalive_expiry(
+    make_settings: Callable[..., RouterSettings],
+) -> None:
+    """A POST cannot be resent, so the pool must not offer a connection idle for as long as
+    servers commonly keep one open (uvicorn and Node close after 5 s)."""
+    async with _server(_one_request_per_connection) as url:
+        settings = make_settings(openrouter_base_url=url)
+        async with OpenRouterClient.open(settings) as client:
+            await client.complete(BODY)
+            await asyncio.sleep(4.2)  # past the pool's keep-alive expiry (4 s)
+            answer = await client.complete(BODY)
+    assert answer.data["id"] == "gen-1"

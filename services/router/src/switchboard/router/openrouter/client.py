@@ -43,8 +43,11 @@ from switchboard.router.settings import RouterSettings
 __all__ = ["OpenRouterClient", "default_provider", "open_pool"]
 
 _JSON = "application/json"
-# Idle pooled connections are dropped before typical load balancers (60 s) drop them.
-_KEEPALIVE_EXPIRY = 30.0
+# A pooled connection idle for longer is closed, not reused: below the shortest idle
+# timeout servers commonly use (5 s: uvicorn, Node), so a request is never sent on a
+# connection the server is closing at that moment. A chat request is a POST, which
+# neither aiohttp nor we may resend on our own, so that race would fail it (502).
+_KEEPALIVE_EXPIRY = 4.0
 
 
 @contextmanager
