@@ -35,6 +35,8 @@ __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
 
 log = get_logger(__name__)
 
+_LINGER_SECONDS = 2.0
+"""How long a connection answered with an error still swallows what the client sends."""
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -76,6 +78,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._headers_too_large = False
+        self._lingering = False
 
     # ---------------------------------------------------------------- deadlines
 
@@ -106,7 +109,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     408, f"The request {phase} did not arrive in time.", "request_timeout"
                 )
             )
-        self.transport.close()
+            self._hang_up()
+        else:
+            self.transport.close()
 
     # ---------------------------------------------------------------- connection
 
@@ -126,7 +131,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(_error_response(431, message, "request_headers_too_large"))
         else:
             self.transport.write(_error_response(400, f"{msg}", "invalid_http_request"))
-        self.transport.close()
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Close after an error answer, lingering: end our side (FIN after the answer) and
+        drop what the client still sends for a moment. Closing outright while its bytes
+        keep arriving makes the kernel reset the connection, and a reset discards the
+        answer the client has not read yet."""
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._lingering:
+            super().data_received(data)
 
     # ---------------------------------------------------------------- parser callbacks
 
