@@ -1,7 +1,10 @@
 """Validation of our responses against OpenAI's published JSON Schemas.
 
 The schemas are ``shared/openai-chat-schemas.json`` beside the checkout (derived from the
-official OpenAPI document). ``SWITCHBOARD_OPENAI_SCHEMAS`` may point elsewhere.
+official OpenAPI document, https://github.com/openai/openai-openapi; its ``x-oracle`` names
+the commit). A checkout cloned anywhere else uses the copy kept in
+``tests/support/schemas/`` (a test holds the two equal where both exist);
+``SWITCHBOARD_OPENAI_SCHEMAS`` may point elsewhere.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-__all__ = ["schema_path", "validate", "validator"]
+__all__ = ["KEPT_SCHEMAS", "SHARED_SCHEMAS", "schema_path", "validate", "validator"]
+
+_NAME = "openai-chat-schemas.json"
+SHARED_SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / _NAME
+"""The reference bundle beside the checkout."""
+KEPT_SCHEMAS = Path(__file__).resolve().parent / "schemas" / _NAME
+"""The project's copy of it, for checkouts with nothing beside them."""
 
 _KINDS = {
     "response": "CreateChatCompletionResponse",
@@ -32,7 +41,8 @@ def schema_path() -> Path:
     explicit = os.environ.get("SWITCHBOARD_OPENAI_SCHEMAS")
     if explicit:
         return Path(explicit)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "openai-chat-schemas.json"
+    shared = SHARED_SCHEMAS
+    return shared if shared.exists() else KEPT_SCHEMAS
 
 
 def _lenient(bundle: dict[str, Any]) -> dict[str, Any]:
