@@ -45,6 +45,28 @@ class FakeNats:
         return "".join(frame.kind.value.decode() for frame in self.frames)
 
 
+def _usage_event(request_id: str) -> UsageRecorded:
+    now = time.time()
+    return UsageRecorded(
+        event_id=request_id,
+        request_id=request_id,
+        key_id="k",
+        requested_model="m",
+        status="ok",
+        http_status=200,
+        latency_ms=1,
+        received_at=now,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+@pytest.fixture
+def usage_event() -> Callable[[str], UsageRecorded]:
+    """A minimal usage event (status ok) with the given request id."""
+    return _usage_event
+
+
 @pytest.fixture
 def fake_nats() -> FakeNats:
     """A publish-only NATS stand-in that records every frame."""

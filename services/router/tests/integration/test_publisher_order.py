@@ -4,7 +4,6 @@ router killed right after the frame has still sent the event (real nats-server).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,24 +19,11 @@ from switchboard.router.publisher import UsagePublisher
 FRAMES = "test.frames"
 
 
-def _event(request_id: str) -> UsageRecorded:
-    now = time.time()
-    return UsageRecorded(
-        event_id=request_id,
-        request_id=request_id,
-        key_id="k",
-        requested_model="m",
-        status="ok",
-        http_status=200,
-        latency_ms=1,
-        received_at=now,
-        started_at=now,
-        finished_at=now,
-    )
-
-
 async def test_each_event_is_on_the_wire_before_the_frame_after_it(
-    nats_server: ManagedProcess, nc: Client, make_settings: Callable[..., Any]
+    nats_server: ManagedProcess,
+    nc: Client,
+    make_settings: Callable[..., Any],
+    usage_event: Callable[[str], UsageRecorded],
 ) -> None:
     seen: list[str] = []
     done = asyncio.Event()
@@ -56,7 +42,7 @@ async def test_each_event_is_on_the_wire_before_the_frame_after_it(
     await publisher.start()
     try:
         for number in range(20):
-            await publisher.publish(_event(f"r{number}"))
+            await publisher.publish(usage_event(f"r{number}"))
             await router.publish(FRAMES, b"t")  # the terminal frame, right after
         async with asyncio.timeout(10):
             await done.wait()

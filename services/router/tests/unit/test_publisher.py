@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +12,8 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavai
 
 from switchboard.common.events import UsageRecorded
 from switchboard.router.publisher import WINDOW, UsagePublisher, usage_stream_config
+
+EventFactory = Callable[[str], UsageRecorded]
 
 
 class Ack:
@@ -63,28 +65,14 @@ class StubNats:
         return self.js
 
 
-def event(request_id: str) -> UsageRecorded:
-    now = time.time()
-    return UsageRecorded(
-        event_id=request_id,
-        request_id=request_id,
-        key_id="k",
-        requested_model="m",
-        status="ok",
-        http_status=200,
-        latency_ms=1,
-        received_at=now,
-        started_at=now,
-        finished_at=now,
-    )
-
-
-async def test_failures_are_retried_until_published(make_settings: Any) -> None:
+async def test_failures_are_retried_until_published(
+    make_settings: Any, usage_event: EventFactory
+) -> None:
     js = StubJetStream([NatsTimeoutError(), NoStreamResponseError(), None, None])
     publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
     await publisher.start()
-    publisher.record(event("r1"))
-    publisher.record(event("r1"))  # a duplicate: JetStream says so, it is not an error
+    publisher.record(usage_event("r1"))
+    publisher.record(usage_event("r1"))  # a duplicate: JetStream says so, it is not an error
     async with asyncio.timeout(5):
         while publisher.backlog:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -103,7 +91,7 @@ async def test_an_existing_stream_is_updated_to_the_settings(make_settings: Any)
 
 
 async def test_overflow_and_shutdown_drop_loudly(
-    make_settings: Any, capsys: pytest.CaptureFixture[str]
+    make_settings: Any, capsys: pytest.CaptureFixture[str], usage_event: EventFactory
 ) -> None:
     js = StubJetStream([NatsTimeoutError()] * 1000)
     js.stream_down = True
@@ -112,7 +100,7 @@ async def test_overflow_and_shutdown_drop_loudly(
     await publisher.start()
     assert not publisher.healthy
     for number in range(3):
-        publisher.record(event(f"r{number}"))
+        publisher.record(usage_event(f"r{number}"))
     assert (publisher.backlog, publisher.dropped) == (2, 1)
     await publisher.close(grace=0.05)
     assert (publisher.backlog, publisher.dropped) == (0, 3)
@@ -140,12 +128,14 @@ class GatedJetStream(StubJetStream):
         return await super().publish(subject, payload, headers)
 
 
-async def test_publishes_overlap_up_to_the_window(make_settings: Any) -> None:
+async def test_publishes_overlap_up_to_the_window(
+    make_settings: Any, usage_event: EventFactory
+) -> None:
     js = GatedJetStream()
     publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
     await publisher.start()
     for number in range(WINDOW * 2):
-        publisher.record(event(f"r{number}"))
+        publisher.record(usage_event(f"r{number}"))
     async with asyncio.timeout(5):
         while js.waiting < WINDOW:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -158,37 +148,39 @@ async def test_publishes_overlap_up_to_the_window(make_settings: Any) -> None:
 
 
 async def test_an_overflow_drops_a_waiting_event_never_one_being_published(
-    make_settings: Any,
+    make_settings: Any, usage_event: EventFactory
 ) -> None:
     js = GatedJetStream()
     settings = make_settings(router_usage_queue_size=1)
     publisher = UsagePublisher(StubNats(js), settings)  # type: ignore[arg-type]
     await publisher.start()
-    publisher.record(event("sent"))
+    publisher.record(usage_event("sent"))
     async with asyncio.timeout(5):
         while not js.waiting:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     # No await between the two: both wait in the queue, which holds one, so the oldest
     # waiting event goes; the one awaiting its ack is not touched.
-    publisher.record(event("first"))
-    publisher.record(event("second"))
+    publisher.record(usage_event("first"))
+    publisher.record(usage_event("second"))
     assert (publisher.dropped, publisher.backlog) == (1, 2)
     js.gate.set()
     await publisher.close(grace=5)
     assert {headers["Nats-Msg-Id"] for _, _, headers in js.published} == {"sent", "second"}
 
 
-async def test_a_failing_publish_narrows_the_window_to_one(make_settings: Any) -> None:
+async def test_a_failing_publish_narrows_the_window_to_one(
+    make_settings: Any, usage_event: EventFactory
+) -> None:
     js = StubJetStream([NatsTimeoutError()] * 3)
     publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
     await publisher.start()
-    publisher.record(event("r1"))
+    publisher.record(usage_event("r1"))
     async with asyncio.timeout(5):
         while js.outcomes:  # noqa: ASYNC110 - three failures in a row
             await asyncio.sleep(0.01)
         assert not publisher.healthy
         for number in range(2, 6):
-            publisher.record(event(f"r{number}"))
+            publisher.record(usage_event(f"r{number}"))
         while publisher.backlog:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     assert publisher.healthy
@@ -214,12 +206,14 @@ class LaggingJetStream(StubJetStream):
         return await super().publish(subject, payload, headers)
 
 
-async def test_a_timeout_beside_successes_is_lag_not_an_outage(make_settings: Any) -> None:
+async def test_a_timeout_beside_successes_is_lag_not_an_outage(
+    make_settings: Any, usage_event: EventFactory
+) -> None:
     js = LaggingJetStream()
     publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
     await publisher.start()
     for number in range(3):
-        publisher.record(event(f"r{number}"))
+        publisher.record(usage_event(f"r{number}"))
     async with asyncio.timeout(5):
         while len(js.published) < 2:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -232,17 +226,17 @@ async def test_a_timeout_beside_successes_is_lag_not_an_outage(make_settings: An
 
 
 async def test_publish_sends_at_once_while_publishing_works_else_queues(
-    make_settings: Any,
+    make_settings: Any, usage_event: EventFactory
 ) -> None:
     js = StubJetStream([NatsTimeoutError(), NatsTimeoutError()])
     publisher = UsagePublisher(StubNats(js), make_settings())  # type: ignore[arg-type]
-    await publisher.publish(event("early"))  # not started: queued
+    await publisher.publish(usage_event("early"))  # not started: queued
     assert (js.sent_async, publisher.backlog) == (0, 1)
     await publisher.start()
     async with asyncio.timeout(5):
         while not publisher.published:  # noqa: ASYNC110 - two failures, then sent
             await asyncio.sleep(0.01)
-        await publisher.publish(event("now"))
+        await publisher.publish(usage_event("now"))
         while publisher.backlog:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     assert js.sent_async == 1, "sent on the connection at once, acked in the background"
