@@ -30,18 +30,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import pytest
 
+from tests.support.jsonserver import serving_json
 from tests.support.osv_emulator import OsvEmulator, OsvRequest, canonical_name, vulnerability
 from tests.support.pypi_advisories import (
     PYPI_JSON_URL,
@@ -455,42 +454,23 @@ def test_a_malformed_exception_is_refused(tmp_path: Path, entry: str) -> None:
 # --- PyPI's advisories, the fallback source, proven offline ------------------------------
 
 
-class _PypiJson(BaseHTTPRequestHandler):
-    """``GET /<project>/json`` from a fixed table; any other project: 404."""
-
-    projects: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    def do_GET(self) -> None:
-        name = self.path.strip("/").removesuffix("/json")
-        data = self.projects.get(name, {"info": {"version": "0"}} if name == "pip" else None)
-        body = json.dumps(data).encode()
-        self.send_response(200 if data is not None else 404)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 def test_pypi_advisories_audit_latest_releases_and_name_the_rest() -> None:
     version = locked_version(VULNERABLE)
     withdrawn = {"id": "SBX-OLD", "aliases": [], "withdrawn": "2026-01-01T00:00:00Z"}
     made_up = {"id": MADE_UP_ID, "aliases": [MADE_UP_ALIAS], "withdrawn": None}
-    _PypiJson.projects = {
+    projects = {
         VULNERABLE: {"info": {"version": version}, "vulnerabilities": [made_up, withdrawn]},
         "older": {"info": {"version": "2.0"}, "vulnerabilities": []},
+        "pip": {"info": {"version": "0"}},  # what the reachability probe asks about
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _PypiJson)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def pypi_json(_method: str, path: str, _body: object) -> tuple[int, object]:
+        """``GET /<project>/json`` from the table above; any other project: 404."""
+        data = projects.get(path.strip("/").removesuffix("/json"))
+        return (200, data) if data is not None else (404, {"message": "Not Found"})
+
+    with serving_json(pypi_json) as url:
         audit = pypi_audit([(VULNERABLE, version), ("older", "1.0"), ("gone", "1.0")], url)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     assert audit.advisories == [Advisory(VULNERABLE, version, MADE_UP_ID, (MADE_UP_ALIAS,))]
     assert audit.audited == [f"{VULNERABLE}=={version}"]
     assert audit.not_audited == ["older==1.0", "gone==1.0"]

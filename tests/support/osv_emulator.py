@@ -20,15 +20,16 @@ Every request is kept in :attr:`OsvEmulator.requests`.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
 from packaging.version import InvalidVersion, Version
+
+from tests.support.jsonserver import serving_json
 
 __all__ = ["OsvEmulator", "OsvRequest", "canonical_name", "vulnerability"]
 
@@ -111,8 +112,7 @@ class OsvEmulator:
     records: list[Record] = field(default_factory=list)
     requests: list[OsvRequest] = field(default_factory=list)
     _address: str | None = None
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
+    _stack: ExitStack = field(default_factory=ExitStack)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -152,34 +152,7 @@ class OsvEmulator:
         return 404, {"code": 5, "message": "Not Found"}
 
     def __enter__(self) -> Self:
-        emulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
-                status, answer = emulator.answer(self.command, self.path.split("?")[0], body)
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _serve  # noqa: N815 - http.server's dispatch names
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        host, port = self._server.server_address[:2]
-        self._address = f"http://{host!s}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._address = self._stack.enter_context(serving_json(self.answer))
         return self
 
     def __exit__(
@@ -188,9 +161,4 @@ class OsvEmulator:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._server = self._thread = None
+        self._stack.close()
