@@ -476,3 +476,74 @@ async def test_a_stray_timeout_is_not_the_deadline(
 
     await run(make_envelope(), Upstream(stray))
     assert failed(fake_nats).status == 500
+
+
+# ------------------------------------------------------------------------ terminal frame out
+
+
+class _Flushing:
+    """Publishes like nats-py: a frame reaches the socket only when the flusher, woken by
+    the publish, gets to run, i.e. once the publishing task yields."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.pending: list[bytes] = []
+
+    async def publish(self, _subject: str, payload: bytes = b"", **_: Any) -> None:
+        self.pending.append(payload)
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.written += self.pending
+        self.pending = []
+
+
+async def test_terminal_frame_is_written_before_the_bookkeeping(
+    make_settings: Any, make_envelope: Any, make_services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from switchboard.router import exchange
+
+    nc = _Flushing()
+    written_when_observed: list[int] = []
+
+    def observe(*_: Any, **__: Any) -> None:
+        written_when_observed.append(len(nc.written))
+
+    monkeypatch.setattr(exchange, "observe_chat", observe)
+    envelope = make_envelope()
+    async with OpenRouterClient.open(
+        make_settings(),
+        transport=httpx.MockTransport(lambda _: httpx.Response(200, content=COMPLETION)),
+    ) as client:
+        reply = Reply(nc, "inbox", envelope.request_id)  # type: ignore[arg-type]
+        await serve_chat(envelope, reply, make_services(client))
+    assert written_when_observed == [2]  # "r" and "t" were on the wire already
+
+
+async def test_a_cancel_after_the_terminal_frame_changes_nothing(
+    fake_nats: Any, make_settings: Any, make_envelope: Any, make_services: Any
+) -> None:
+    envelope = make_envelope()
+    recorded: list[Any] = []
+    cancelled: list[bool] = []
+    task: asyncio.Task[None] | None = None
+
+    class CancelOnEnd:
+        async def publish(self, subject: str, payload: bytes = b"", **kw: Any) -> None:
+            await fake_nats.publish(subject, payload, **kw)
+            if payload[:1] == b"t" and task is not None:  # the client left just now
+                cancelled.append(task.cancel())
+
+    async with OpenRouterClient.open(
+        make_settings(),
+        transport=httpx.MockTransport(lambda _: httpx.Response(200, content=COMPLETION)),
+    ) as client:
+        reply = Reply(CancelOnEnd(), "inbox", envelope.request_id)  # type: ignore[arg-type]
+        task = asyncio.create_task(
+            serve_chat(envelope, reply, make_services(client, recorded=recorded))
+        )
+        await task  # completes: the answer was whole when the cancel came
+    assert cancelled == [True]
+    assert task.cancelling() == 0
+    assert fake_nats.kinds == "rt"
+    assert [(event.status, event.http_status) for event in recorded] == [("ok", 200)]

@@ -74,6 +74,20 @@ async def test_keepalive_only_while_quiet(fake_nats: Any) -> None:
     assert all(frame.body == b"" for frame in fake_nats.frames if frame.kind is FrameKind.KEEPALIVE)
 
 
+async def test_keepalive_never_suspends_the_exchange(fake_nats: Any) -> None:
+    # Entering and leaving schedule no task the exchange waits for: frames published just
+    # before and after leave in one write (nats-py writes once the publisher yields).
+    reply = Reply(fake_nats, "r1", "r1")
+    others_ran: list[str] = []
+    asyncio.get_running_loop().call_soon(others_ran.append, "ran")
+    async with keepalive(reply, 0.05):
+        await reply.response(b"{}")
+    assert others_ran == []
+    await asyncio.sleep(0.12)
+    assert others_ran == ["ran"]
+    assert fake_nats.kinds == "r"  # and no beat after the block
+
+
 async def test_keepalive_stops_when_publishing_fails() -> None:
     class Flaky:
         async def publish(self, *_: object) -> None:

@@ -225,6 +225,7 @@ async def _serve_chat(
         await services.record_usage(ledger.event(status, http_status, None))
         recorded = True
         await reply.finish(finished)
+        await _let_frames_out()
     except asyncio.CancelledError:
         if reply.silenced:
             status, http_status = "cancelled", CLIENT_CLOSED
@@ -279,6 +280,19 @@ async def _serve_chat(
         attempts=len(ledger.attempts),
     )
     await _fail_quietly(reply, error, ledger)
+
+
+async def _let_frames_out() -> None:
+    """Yield once, so that the connection's flusher writes the frames just published
+    before the bookkeeping that follows (metrics, logs) runs: nats-py writes what was
+    published only when the publishing task yields. The exchange is complete here, so a
+    cancellation (the client left, a stop) changes nothing and is absorbed."""
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
 
 
 def _client_error(services: ChatServices, ledger: Ledger, exc: UpstreamCallError) -> GatewayError:

@@ -9,8 +9,7 @@ client has gone (:meth:`Reply.silence`) nothing at all is published.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 from nats.errors import Error as NatsError
 
@@ -136,27 +135,49 @@ class Reply:
         self._ended = True
 
 
-@asynccontextmanager
-async def keepalive(reply: Reply, interval: float) -> AsyncIterator[None]:
+class _Keepalive:
+    """The beat of :func:`keepalive`: a timer of the event loop, not a task, so that
+    entering and leaving it never suspends the exchange (frames published just before and
+    after leave in one write)."""
+
+    __slots__ = ("_beat", "_interval", "_loop", "_reply", "_timer")
+
+    def __init__(self, reply: Reply, interval: float) -> None:
+        self._reply = reply
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._timer = self._loop.call_later(self._interval, self._due)
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beat is not None:
+            self._beat.cancel()
+
+    def _due(self) -> None:
+        reply = self._reply
+        if not reply.open:
+            return
+        quiet_for = self._loop.time() - reply.last_sent
+        if quiet_for < self._interval:
+            self._timer = self._loop.call_later(self._interval - quiet_for, self._due)
+            return
+        self._beat = self._loop.create_task(self._send(), name=f"keepalive-{reply.request_id}")
+
+    async def _send(self) -> None:
+        try:
+            await self._reply.keepalive()
+        except ReplyLostError:
+            # A failed publish ends the beat; the exchange meets the same failure on its
+            # own next frame and deals with it there.
+            return
+        self._timer = self._loop.call_later(self._interval, self._due)
+
+
+def keepalive(reply: Reply, interval: float) -> AbstractAsyncContextManager[None]:
     """Publish a ``k`` frame whenever ``reply`` has been quiet for ``interval`` seconds."""
-
-    async def beat() -> None:
-        loop = asyncio.get_running_loop()
-        # A failed publish ends the beat; the exchange meets the same failure on its own
-        # next frame and deals with it there.
-        while reply.open:
-            quiet_for = loop.time() - reply.last_sent
-            if quiet_for < interval:
-                await asyncio.sleep(interval - quiet_for)
-                continue
-            await reply.keepalive()
-
-    task = asyncio.get_running_loop().create_task(beat(), name=f"keepalive-{reply.request_id}")
-    try:
-        yield
-    finally:
-        task.cancel()
-        # ``wait`` rather than ``await task``: a cancellation of *this* task must propagate.
-        await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved, so asyncio does not report it as lost
+    return _Keepalive(reply, interval)
