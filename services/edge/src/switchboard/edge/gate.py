@@ -18,8 +18,8 @@ import asyncio
 import calendar
 import math
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +42,16 @@ from switchboard.edge.keymodels import KeyRecord, month_of
 from switchboard.edge.keys import hash_secret
 from switchboard.edge.locallimits import LocalLimiter
 from switchboard.edge.observe import rate_limit_rejections
-from switchboard.edge.ratelimit import Limits, Mode, RedisLimiter, Verdict, rate_limit_headers
+from switchboard.edge.ratelimit import (
+    Limits,
+    Mode,
+    RedisLimiter,
+    Settlement,
+    Verdict,
+    rate_limit_headers,
+)
 from switchboard.edge.settings import EdgeSettings
+from switchboard.edge.settlements import Settlements
 
 __all__ = ["Admission", "Gate", "estimate_tokens"]
 
@@ -51,8 +59,6 @@ log = get_logger(__name__)
 
 _REDIS_RETRY_INTERVAL = 0.5
 """Seconds Redis is left alone after a failure before a request tries it again."""
-_PENDING_LIMIT = 10_000
-"""Settlements kept while Redis is down; older ones are dropped (and logged)."""
 _UNAVAILABLE = "API keys cannot be checked right now; try again shortly."
 _INCORRECT = "Incorrect API key provided."
 _AUTH_MESSAGES = {
@@ -99,20 +105,6 @@ def _seconds_to_next_month(now: float) -> float:
 
 
 @dataclass
-class _Settlement:
-    """A ``finish.lua`` call waiting for Redis."""
-
-    key_id: str
-    request_id: str
-    reserved: int
-    actual: int
-    tokens: int
-    cost_usd: float
-    month: str
-    release: bool
-
-
-@dataclass
 class Admission:
     """An admitted request; settle it exactly once with :meth:`finish` or :meth:`abandon`."""
 
@@ -150,16 +142,15 @@ class Admission:
                 served_model=finished.served_model,
             )
         total = usage.total_tokens if usage is not None else -1
-        settle = self.gate.settle(
-            self,
-            actual=total,
-            tokens=max(total, 0),
-            cost_usd=max(cost or 0.0, 0.0),
+        settlement = self.gate.settlement(
+            self, actual=total, tokens=max(total, 0), cost_usd=max(cost or 0.0, 0.0)
         )
+        if settlement is None:
+            return
         if self.limits.needs_settling:
-            await settle
+            await self.gate.settlements.now(settlement)
         else:
-            self.gate.background(settle)
+            self.gate.settlements.later(settlement)
 
     def abandon(self, *, consumed: bool) -> None:
         """The request failed or was cancelled without a usage report: charge nothing.
@@ -170,9 +161,11 @@ class Admission:
         if self._settled:
             return
         self._settled = True
-        self.gate.background(
-            self.gate.settle(self, actual=-1 if consumed else 0, tokens=0, cost_usd=0.0)
+        settlement = self.gate.settlement(
+            self, actual=-1 if consumed else 0, tokens=0, cost_usd=0.0
         )
+        if settlement is not None:
+            self.gate.settlements.soon(settlement)
 
 
 class Gate:
@@ -197,8 +190,8 @@ class Gate:
         self._blocked: OrderedDict[str, float] = OrderedDict()
         self._leases: dict[str, tuple[str, float]] = {}
         """Request id → (key id, monotonic time after which the lease is no longer renewed)."""
-        self._pending: deque[_Settlement] = deque()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.settlements = Settlements(limiter, self)
+        """Where admissions send what they used."""
         self._maintenance: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -215,14 +208,7 @@ class Gate:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
-
-    def background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` without waiting for it, keeping a reference until it is done."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self.settlements.stop()
 
     @property
     def redis_available(self) -> bool:
@@ -232,18 +218,20 @@ class Gate:
     @property
     def pending(self) -> int:
         """Settlements waiting for Redis."""
-        return len(self._pending)
+        return self.settlements.kept
 
-    def _redis_failed(self, exc: BaseException) -> None:
+    def redis_failed(self, exc: BaseException) -> None:
+        """A Redis call failed: leave Redis alone for a moment."""
         self._down_until = self._clock() + _REDIS_RETRY_INTERVAL
         if not self._down:
             self._down = True
             log.warning("redis.unavailable", error=type(exc).__name__)
 
-    def _redis_answered(self) -> None:
+    def redis_answered(self) -> None:
+        """A Redis call succeeded."""
         if self._down:
             self._down = False
-            log.info("redis.recovered", pending=len(self._pending))
+            log.info("redis.recovered", pending=self.settlements.kept)
 
     # ------------------------------------------------------------------ identity
 
@@ -295,9 +283,9 @@ class Gate:
         try:
             verdict = await self._limiter.admit(mode, subject, ip=ip, **kwargs)
         except (RedisError, OSError) as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
             return None
-        self._redis_answered()
+        self.redis_answered()
         return verdict
 
     async def _refuse_auth(
@@ -496,18 +484,17 @@ class Gate:
 
     # ------------------------------------------------------------------ settlement
 
-    async def settle(
+    def settlement(
         self, admission: Admission, *, actual: int, tokens: int, cost_usd: float
-    ) -> None:
-        """Reconcile, charge and release one request (never raises)."""
+    ) -> Settlement | None:
+        """What Redis must do to reconcile, charge and release one request, if anything;
+        the in-process limits (an admission made without Redis) are settled here."""
         key_id = admission.identity.key_id
         request_id = admission.request_id
         self._leases.pop(request_id, None)
         if not admission.via_redis:
             self._local.finish(key_id, request_id, actual=actual, release=admission.leased)
-        if not admission.via_redis and tokens <= 0 and cost_usd <= 0:
-            return
-        settlement = _Settlement(
+        settlement = Settlement(
             key_id,
             request_id,
             reserved=admission.reserved if admission.via_redis else -1,
@@ -517,44 +504,11 @@ class Gate:
             month=month_of(time.time()),
             release=admission.leased and admission.via_redis,
         )
-        if not await self._send(settlement):
-            self._keep(settlement)
-
-    async def _send(self, settlement: _Settlement) -> bool:
-        if not self.redis_available:
-            return False
-        try:
-            await self._limiter.finish(
-                settlement.key_id,
-                settlement.request_id,
-                reserved=settlement.reserved,
-                actual=settlement.actual,
-                tokens=settlement.tokens,
-                cost_usd=settlement.cost_usd,
-                month=settlement.month,
-                release=settlement.release,
-            )
-        except (RedisError, OSError) as exc:
-            self._redis_failed(exc)
-            return False
-        self._redis_answered()
-        return True
-
-    def _keep(self, settlement: _Settlement) -> None:
-        if len(self._pending) >= _PENDING_LIMIT:
-            dropped = self._pending.popleft()
-            log.error("quota.settlement_dropped", key_id=dropped.key_id, tokens=dropped.tokens)
-        self._pending.append(settlement)
+        return settlement if settlement.changes_anything else None
 
     async def flush(self) -> int:
         """Send kept settlements while Redis answers; returns how many were sent."""
-        sent = 0
-        while self._pending and await self._send(self._pending[0]):
-            self._pending.popleft()
-            sent += 1
-        if sent:
-            log.info("quota.settlements_sent", count=sent)
-        return sent
+        return await self.settlements.flush()
 
     async def renew_leases(self) -> int:
         """Extend the concurrency leases of this process's running requests."""
@@ -568,9 +522,9 @@ class Gate:
                 [(key_id, request_id) for request_id, (key_id, _) in self._leases.items()]
             )
         except (RedisError, OSError) as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
             return 0
-        self._redis_answered()
+        self.redis_answered()
         return renewed
 
     async def probe(self) -> None:
@@ -580,9 +534,9 @@ class Gate:
         try:
             await self._limiter.ping()
         except (RedisError, OSError) as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
             return
-        self._redis_answered()
+        self.redis_answered()
 
     async def _maintain(self) -> None:
         interval = min(self._settings.edge_concurrency_lease / 3, _REDIS_RETRY_INTERVAL)
@@ -593,5 +547,5 @@ class Gate:
             if self._clock() - last_renewal >= self._settings.edge_concurrency_lease / 3:
                 await self.renew_leases()
                 last_renewal = self._clock()
-            if self._pending:
+            if self.settlements.kept:
                 await self.flush()

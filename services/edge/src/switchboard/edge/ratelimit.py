@@ -18,6 +18,7 @@ from __future__ import annotations
 import calendar
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
@@ -31,6 +32,7 @@ from switchboard.edge.settings import EdgeSettings
 __all__ = [
     "Limits",
     "RedisLimiter",
+    "Settlement",
     "Verdict",
     "Window",
     "month_ttl",
@@ -142,6 +144,30 @@ def month_ttl(now: float) -> int:
     return max(1, math.ceil(end - now)) + 92 * 86400
 
 
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What ``finish.lua`` does for one request (see its header)."""
+
+    key_id: str
+    request_id: str
+    reserved: int
+    actual: int
+    tokens: int
+    cost_usd: float
+    month: str
+    release: bool
+
+    @property
+    def changes_anything(self) -> bool:
+        """False when there is nothing to reconcile, charge or free."""
+        return (
+            (self.reserved >= 0 and self.actual >= 0 and self.actual != self.reserved)
+            or self.tokens > 0
+            or self.cost_usd > 0
+            or self.release
+        )
+
+
 class RedisLimiter:
     """Runs the limit scripts. Raises redis-py's errors; the caller has the policy."""
 
@@ -209,21 +235,26 @@ class RedisLimiter:
         month: str,
         release: bool,
     ) -> None:
-        """Run ``finish.lua``: reconcile, charge, release."""
-        await self._finish(
-            args=[
-                key_id,
-                request_id,
-                reserved,
-                actual,
-                tokens,
-                repr(cost_usd) if cost_usd > 0 else "0",
-                month,
-                self._window_ms,
-                month_ttl(time.time()),
-                "1" if release else "0",
-            ]
+        """Run ``finish.lua`` for one request: reconcile, charge, release."""
+        await self.finish_many(
+            [Settlement(key_id, request_id, reserved, actual, tokens, cost_usd, month, release)]
         )
+
+    async def finish_many(self, settlements: Sequence[Settlement]) -> None:
+        """Run ``finish.lua`` for ``settlements``, all in one round trip."""
+        args: list[str | int] = [self._window_ms, month_ttl(time.time())]
+        for s in settlements:
+            args += [
+                s.key_id,
+                s.request_id,
+                s.reserved,
+                s.actual,
+                s.tokens,
+                repr(s.cost_usd) if s.cost_usd > 0 else "0",
+                s.month,
+                "1" if s.release else "0",
+            ]
+        await self._finish(args=args)
 
     async def ping(self) -> None:
         """Raise unless Redis answers."""
