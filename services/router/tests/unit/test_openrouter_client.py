@@ -102,6 +102,45 @@ async def test_complete_sends_headers_and_body_and_returns_raw_bytes(
     assert orjson.loads(request.content) == {**BODY, "provider": {"order": ["OpenAI"]}}
 
 
+async def test_no_cookie_travels_from_one_request_to_the_next(upstream: ClientFactory) -> None:
+    # One user's upstream cookies must never reach another user's request.
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200, json={"choices": []}, headers={"set-cookie": "session=user-a; Path=/"}
+        )
+
+    async with upstream(handler) as client:
+        await client.complete(BODY)
+        await client.complete(BODY)
+        await client.list_models()
+    assert [request.headers.get("cookie") for request in seen] == [None, None, None]
+
+
+async def test_compressed_answers_are_decoded_and_timeouts_are_set(
+    upstream: ClientFactory,
+) -> None:
+    import gzip
+
+    seen: list[httpx.Request] = []
+    raw = b'{"id":"gen-1","choices":[]}'
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=gzip.compress(raw), headers={"content-encoding": "gzip"})
+
+    async with upstream(handler, router_upstream_read_timeout=42) as client:
+        assert (await client.complete(BODY, timeout=7)).raw == raw
+        await client.list_models()
+    assert seen[0].headers["accept-encoding"] == "gzip, deflate"
+    assert seen[0].headers["user-agent"].startswith("python-httpx/")
+    assert seen[0].extensions["timeout"]["read"] == 7
+    assert seen[1].extensions["timeout"]["read"] == 42
+    assert seen[1].headers["accept"] == "application/json"
+
+
 async def test_no_key_and_no_attribution_means_no_headers(upstream: ClientFactory) -> None:
     seen: list[httpx.Request] = []
 

@@ -102,13 +102,16 @@ class RouterService:
         """Serve while the block runs."""
         settings, routing = self.settings, self.routing
         async with (
-            open_pool(settings) as http,
+            open_pool(settings) as pool,
             nats_connection(settings, name=f"switchboard-router/{self.instance_id}") as nc,
         ):
             self.nc = nc
             clients = {
                 name: OpenRouterClient(
-                    http, provider, connect_timeout=settings.router_upstream_connect_timeout
+                    pool,
+                    provider,
+                    connect_timeout=settings.router_upstream_connect_timeout,
+                    read_timeout=settings.router_upstream_read_timeout,
                 )
                 for name, provider in routing.providers.items()
             }

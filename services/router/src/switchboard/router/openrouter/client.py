@@ -1,10 +1,13 @@
 """The HTTP client of an OpenRouter-compatible upstream; the only module that imports httpx.
 
-Requests go through httpx's API over aiohttp's connection pool (``httpx-aiohttp``'s
-transport): httpcore's pool re-examines every pooled connection, probing idle sockets, each
-time a request starts or ends, which capped one router at about 600 upstream calls/s at 32
-connections and 400 at 128 on the benchmark machine; aiohttp's pool did 2,800 and 2,600
-(``docs/benchmarks.md``).
+Requests are httpx requests and responses, sent over aiohttp's connection pool
+(``httpx-aiohttp``'s transport): httpcore's pool re-examines every pooled connection,
+probing idle sockets, each time a request starts or ends, which capped one router at about
+600 upstream calls/s at 32 connections and 400 at 128 on the benchmark machine; aiohttp's
+pool did 2,800 and 2,600 (``docs/benchmarks.md``). They go to the transport directly, not
+through ``httpx.AsyncClient``, whose per-request machinery (header merging, auth and
+redirect hooks, a cookie jar) cost about 0.1 ms of a 0.35 ms call and does nothing for
+us; it would also carry one user's upstream cookies into every other user's requests.
 
 One call is one attempt: every failure leaves as an
 :class:`~switchboard.router.openrouter.errors.UpstreamCallError` that keeps what the upstream
@@ -43,6 +46,10 @@ from switchboard.router.settings import RouterSettings
 __all__ = ["OpenRouterClient", "default_provider", "open_pool"]
 
 _JSON = "application/json"
+_DEFAULT_HEADERS = {
+    "Accept-Encoding": "gzip, deflate",
+    "User-Agent": f"python-httpx/{httpx.__version__}",
+}
 # A pooled connection idle for longer is closed, not reused: below the shortest idle
 # timeout servers commonly use (5 s: uvicorn, Node), so a request is never sent on a
 # connection the server is closing at that moment. A chat request is a POST, which
@@ -96,23 +103,16 @@ def _upstream_error(exc: httpx.HTTPError) -> UpstreamCallError:
 @asynccontextmanager
 async def open_pool(
     settings: RouterSettings, *, transport: httpx.AsyncBaseTransport | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The process's one pooled HTTP client, shared by every provider; closed on exit."""
-    connect = settings.router_upstream_connect_timeout
-    read = settings.router_upstream_read_timeout
+) -> AsyncIterator[httpx.AsyncBaseTransport]:
+    """The process's one connection pool, shared by every provider; closed on exit."""
     limits = httpx.Limits(
         max_connections=settings.router_max_connections,
         max_keepalive_connections=settings.router_max_connections,
         keepalive_expiry=_KEEPALIVE_EXPIRY,
     )
-    http = httpx.AsyncClient(
-        headers={"Accept": _JSON},
-        timeout=httpx.Timeout(connect=connect, read=read, write=read, pool=connect),
-        limits=limits,
-        transport=transport or AiohttpTransport(limits=limits, trust_env=False),
-    )
-    async with http:
-        yield http
+    pool = transport or AiohttpTransport(limits=limits, trust_env=False)
+    async with pool:
+        yield pool
 
 
 def default_provider(settings: RouterSettings) -> Provider:
@@ -135,16 +135,22 @@ class OpenRouterClient:
     """Chat completions and the model list from one provider, over the shared pool."""
 
     def __init__(
-        self, http: httpx.AsyncClient, provider: Provider, *, connect_timeout: float = 5.0
+        self,
+        pool: httpx.AsyncBaseTransport,
+        provider: Provider,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 300.0,
     ) -> None:
-        self._http = http
+        self._pool = pool
         self.provider = provider
         self._base_url = provider.base_url.rstrip("/")
-        self._headers = dict(provider.headers)
+        self._headers = {**_DEFAULT_HEADERS, **provider.headers}
         if provider.api_key:
             self._headers["Authorization"] = f"Bearer {provider.api_key}"
         self._secrets = (provider.api_key,) if provider.api_key else ()
         self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
 
     @classmethod
     @asynccontextmanager
@@ -152,18 +158,45 @@ class OpenRouterClient:
         cls, settings: RouterSettings, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> AsyncIterator[Self]:
         """A client of the ``OPENROUTER_*`` upstream with a pool of its own (tests, tools)."""
-        async with open_pool(settings, transport=transport) as http:
+        async with open_pool(settings, transport=transport) as pool:
             yield cls(
-                http,
+                pool,
                 default_provider(settings),
                 connect_timeout=settings.router_upstream_connect_timeout,
+                read_timeout=settings.router_upstream_read_timeout,
             )
 
-    def _timeout(self, read: float | None) -> httpx.Timeout:
-        if read is None:
-            return self._http.timeout
+    def _request(
+        self, method: str, path: str, *, headers: dict[str, str], read: float | None, **kw: Any
+    ) -> httpx.Request:
+        read = self._read_timeout if read is None else read
         connect = self._connect_timeout
-        return httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
+        timeout = {"connect": connect, "read": read, "write": read, "pool": connect}
+        return httpx.Request(
+            method,
+            f"{self._base_url}{path}",
+            headers={**self._headers, **headers},
+            extensions={"timeout": timeout},
+            **kw,
+        )
+
+    @asynccontextmanager
+    async def _send(self, request: httpx.Request) -> AsyncIterator[httpx.Response]:
+        """The response to ``request``, its body still to be read; closed on exit."""
+        with _translated():
+            response = await self._pool.handle_async_request(request)
+        try:
+            yield response
+        finally:
+            with _translated():
+                await response.aclose()
+
+    async def _fetch(self, request: httpx.Request) -> httpx.Response:
+        """The response to ``request``, its body read."""
+        async with self._send(request) as response:
+            with _translated():
+                await response.aread()
+        return response
 
     def to_gateway_error(self, exc: UpstreamCallError) -> GatewayError:
         """What the client is told about ``exc``; never contains the API key."""
@@ -174,13 +207,14 @@ class OpenRouterClient:
     ) -> UpstreamObject:
         """One non-streamed chat completion, its JSON body as received; ``timeout``
         overrides the read timeout."""
-        with _translated():
-            response = await self._http.post(
-                f"{self._base_url}/chat/completions",
-                content=orjson.dumps(body),
-                headers=inject_headers({**self._headers, "Content-Type": _JSON}),
-                timeout=self._timeout(timeout),
-            )
+        request = self._request(
+            "POST",
+            "/chat/completions",
+            content=orjson.dumps(body),
+            headers=inject_headers({"Accept": _JSON, "Content-Type": _JSON}),
+            read=timeout,
+        )
+        response = await self._fetch(request)
         _raise_for_status(response, body)
         return parse_object(response.content)
 
@@ -189,31 +223,32 @@ class OpenRouterClient:
         self, body: dict[str, Any], *, timeout: float | None = None
     ) -> AsyncIterator[AsyncIterator[UpstreamObject]]:
         """A streamed chat completion as its chunks; leaving the block closes the connection."""
-        with _translated():
-            async with self._http.stream(
-                "POST",
-                f"{self._base_url}/chat/completions",
-                content=orjson.dumps(body),
-                timeout=self._timeout(timeout),
-                headers=inject_headers(
-                    {
-                        **self._headers,
-                        "Content-Type": _JSON,
-                        "Accept": "text/event-stream",
-                        "Cache-Control": "no-store",
-                    }
-                ),
-            ) as response:
-                if not response.is_success:
+        request = self._request(
+            "POST",
+            "/chat/completions",
+            content=orjson.dumps(body),
+            headers=inject_headers(
+                {
+                    "Content-Type": _JSON,
+                    "Accept": "text/event-stream",
+                    "Cache-Control": "no-store",
+                }
+            ),
+            read=timeout,
+        )
+        async with self._send(request) as response:
+            if not response.is_success:
+                with _translated():
                     await response.aread()
-                    _raise_for_status(response, body)
-                async with aclosing(_chunks(response)) as chunks:
-                    yield chunks
+                _raise_for_status(response, body)
+            async with aclosing(_chunks(response)) as chunks:
+                yield chunks
 
     async def list_models(self) -> dict[str, Any]:
         """The upstream's ``GET /models`` body, parsed."""
-        with _translated():
-            response = await self._http.get(f"{self._base_url}/models", headers=self._headers)
+        response = await self._fetch(
+            self._request("GET", "/models", headers={"Accept": _JSON}, read=None)
+        )
         _raise_for_status(response, None)
         try:
             data = orjson.loads(response.content)
