@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from switchboard.edge.disconnect import EXTENSION, watch_disconnect
 from switchboard.edge.httpserver import guarded_protocol
 from switchboard.edge.settings import EdgeSettings
 
@@ -146,3 +147,107 @@ async def test_an_unparsable_request_gets_an_openai_error(port: int) -> None:
         status, body = _status_and_json(await _read_all(reader))
         assert (status, body["error"]["type"]) == (400, "invalid_request_error")
         assert body["error"]["code"] == "invalid_http_request"
+
+
+# ------------------------------------------------------------------ disconnect extension
+
+
+@pytest.fixture
+async def watching() -> AsyncIterator[tuple[int, list[str]]]:
+    """A server whose app watches for its client's disconnect, and reports what happened:
+    ``/wait`` waits (up to 5 s) for the disconnect; ``/unwatch`` stops watching, answers,
+    and waits as long; ``/late`` registers only once the client has gone."""
+    events: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        events.append("extension" if EXTENSION in scope.get("extensions", {}) else "none")
+        gone = asyncio.Event()
+        if scope["path"] == "/late":
+            await asyncio.sleep(0.3)
+        unwatch = watch_disconnect(scope, receive, gone.set)
+        if scope["path"] == "/unwatch":
+            unwatch()
+            unwatch()  # idempotent
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gone.wait(), 1 if scope["path"] == "/unwatch" else 5)
+        events.append("gone" if gone.is_set() else "still there")
+
+    config = uvicorn.Config(
+        app, http=guarded_protocol(EdgeSettings()), lifespan="off", log_config=None
+    )
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(1000):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    yield int(sock.getsockname()[1]), events
+    server.should_exit = True
+    server.force_exit = True
+    await task
+
+
+async def _leave_after(port: int, path: str, seconds: float) -> None:
+    async with _connection(port) as (_reader, writer):
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+        await writer.drain()
+        await asyncio.sleep(seconds)
+
+
+async def _until(events: list[str], count: int) -> None:
+    for _ in range(600):
+        if len(events) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_the_protocol_tells_the_handler_its_client_left(
+    watching: tuple[int, list[str]],
+) -> None:
+    port, events = watching
+    await _leave_after(port, "/wait", 0.1)
+    await _until(events, 2)
+    assert events == ["extension", "gone"]
+
+
+async def test_a_handler_that_stopped_watching_is_not_told(
+    watching: tuple[int, list[str]],
+) -> None:
+    port, events = watching
+    await _leave_after(port, "/unwatch", 0.1)
+    await _until(events, 2)
+    assert events == ["extension", "still there"]
+
+
+async def test_watching_after_the_client_left_still_tells(
+    watching: tuple[int, list[str]],
+) -> None:
+    port, events = watching
+    await _leave_after(port, "/late", 0.05)
+    await _until(events, 2)
+    assert events == ["extension", "gone"]
+
+
+async def test_other_servers_fall_back_to_http_disconnect() -> None:
+    messages = [{"type": "http.request"}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        return messages.pop(0)
+
+    gone = asyncio.Event()
+    watch_disconnect({"type": "http"}, receive, gone.set)  # type: ignore[arg-type]
+    await asyncio.wait_for(gone.wait(), 5)
+
+    never = asyncio.Event()
+    unwatch = watch_disconnect({"type": "http"}, asyncio.Event().wait, never.set)  # type: ignore[arg-type]
+    unwatch()
+    await asyncio.sleep(0.05)
+    assert not never.is_set()

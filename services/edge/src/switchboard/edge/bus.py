@@ -20,7 +20,7 @@ from switchboard.common.errors import GatewayTimeoutError, ServiceUnavailableErr
 from switchboard.common.logs import get_logger
 from switchboard.common.wire import Frame, FrameKind, decode_frame
 
-__all__ = ["Bus", "Exchange"]
+__all__ = ["Bus", "ClientDisconnectedError", "Exchange"]
 
 log = get_logger(__name__)
 
@@ -30,16 +30,21 @@ _DEADLINE_PASSED = "The request deadline passed before the answer was complete."
 _NO_ROUTER = "No router is available to serve this request; try again shortly."
 
 
+class ClientDisconnectedError(Exception):
+    """The client of an exchange went away (:meth:`Exchange.interrupt`)."""
+
+
 class Exchange:
     """The reply frames of one request, in order, as an async iterator.
 
     Keepalive frames are consumed here; an idle gap longer than ``idle_timeout`` or a
-    passed deadline ends the iteration with :class:`GatewayTimeoutError`.
+    passed deadline ends the iteration with :class:`GatewayTimeoutError`, and
+    :meth:`interrupt` with :class:`ClientDisconnectedError`.
     """
 
     def __init__(
         self,
-        queue: asyncio.Queue[Msg],
+        queue: asyncio.Queue[Msg | None],
         *,
         idle_timeout: float,
         deadline: float,
@@ -53,6 +58,10 @@ class Exchange:
     def close(self) -> None:
         """Stop receiving this exchange's frames (idempotent)."""
         self._on_close()
+
+    def interrupt(self) -> None:
+        """The client went away: the iteration ends after the frames already received."""
+        self._queue.put_nowait(None)
 
     def __aiter__(self) -> Exchange:
         return self
@@ -72,6 +81,8 @@ class Exchange:
                     "The router stopped responding while serving this request.",
                     code="router_unresponsive",
                 ) from None
+            if msg is None:
+                raise ClientDisconnectedError
             if not msg.data:
                 if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
                     raise ServiceUnavailableError(_NO_ROUTER, code="no_router")
@@ -89,7 +100,7 @@ class Bus:
         self._nc = nc
         self._idle_timeout = idle_timeout
         self._prefix = subjects.reply_inbox_prefix(secrets.token_hex(8))
-        self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._queues: dict[str, asyncio.Queue[Msg | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -129,7 +140,7 @@ class Bus:
                 "The message bus is unavailable; try again shortly.", code="bus_unavailable"
             )
         token = secrets.token_hex(8)
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
         self._queues[token] = queue
         try:
             await self._nc.publish(

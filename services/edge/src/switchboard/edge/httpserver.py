@@ -14,7 +14,9 @@ This protocol:
   (``408`` if no response started);
 - refuses more than ``EDGE_MAX_HEADER_BYTES`` of request line and headers with ``431``;
 - answers a request it cannot parse with OpenAI's error body instead of uvicorn's plain
-  text.
+  text;
+- offers handlers the ASGI extension ``switchboard.disconnect``
+  (:mod:`switchboard.edge.disconnect`): a callback when the connection is lost.
 
 These answers come before the application sees the request, so they are written here, in
 the same shape as every other error of the edge.
@@ -23,12 +25,15 @@ the same shape as every other error of the edge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from switchboard.common.logs import get_logger
+from switchboard.edge.disconnect import EXTENSION, Unwatch
 from switchboard.edge.settings import EdgeSettings
 
 __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
@@ -79,6 +84,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._headers_too_large = False
         self._lingering = False
+        self._lost = False
+        self._on_lost: list[Callable[[], Any]] = []
 
     # ---------------------------------------------------------------- deadlines
 
@@ -122,6 +129,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        self._lost = True
+        callbacks, self._on_lost = self._on_lost, []
+        for callback in callbacks:
+            callback()
+
+    def _watch_disconnect(self, callback: Callable[[], Any]) -> Unwatch:
+        """The ``switchboard.disconnect`` extension: ``callback`` once the connection is
+        lost, unless the returned function was called first."""
+        if self._lost:
+            self.loop.call_soon(callback)
+            return lambda: None
+        self._on_lost.append(callback)
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                self._on_lost.remove(callback)
+
+        return unwatch
 
     def send_400_response(self, msg: str) -> None:
         self._disarm()
@@ -153,6 +178,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {EXTENSION: {"watch": self._watch_disconnect}}
         self._header_bytes = 0
         if self._deadline is None:  # a kept-alive connection's next request starts
             self._arm(self.header_timeout, "headers")

@@ -28,8 +28,9 @@ from switchboard.common.wire import (
     TokenUsage,
 )
 from switchboard.edge.auth import bearer_secret
-from switchboard.edge.bus import Bus, Exchange
+from switchboard.edge.bus import Bus, ClientDisconnectedError, Exchange
 from switchboard.edge.cache import CACHE_HEADER, CachedAnswer, ResponseCache
+from switchboard.edge.disconnect import watch_disconnect
 from switchboard.edge.errors import error_response
 from switchboard.edge.gate import Admission
 from switchboard.edge.lifespan import EdgeServices, HttpRequest, services_of
@@ -44,6 +45,8 @@ log = get_logger(__name__)
 _DONE = b"data: [DONE]\n\n"
 _MODEL_HEADER = "x-switchboard-model"
 _HEADER_SAFE = "/:@._-+~ "
+_CLIENT_CLOSED = 499
+"""The status of a request whose client left before its answer (nginx's convention)."""
 
 
 def _header_safe(value: str) -> str:
@@ -231,6 +234,10 @@ async def chat_completions(request: HttpRequest) -> Response[bytes] | Stream:
             handed.give_up(exc)
         admission.abandon(consumed=False)
         return error_response(exc.detail, exc.status, retry_after=exc.retry_after, headers=headers)
+    except ClientDisconnectedError:
+        admission.abandon(consumed=False)
+        # Nobody reads it; the status is what metrics and logs record (nginx's convention).
+        return Response(content=b"", status_code=_CLIENT_CLOSED, headers=headers)
     except BaseException:
         admission.abandon(consumed=False)
         raise
@@ -247,20 +254,20 @@ async def _complete(
     handed: _Handed,
 ) -> Response[bytes]:
     """Wait for the whole answer; if the client leaves first, cancel the upstream call."""
-    collect = asyncio.ensure_future(_collect(exchange, headers, handed))
-    disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
+    unwatch = watch_disconnect(request.scope, request.receive, exchange.interrupt)
     try:
-        await asyncio.wait((collect, disconnect), return_when=asyncio.FIRST_COMPLETED)
+        body, finished = await _collect(exchange, headers, handed)
+    except ClientDisconnectedError:
+        bus.cancel(headers["x-request-id"])
+        log.info("chat.client_disconnected", key_id=admission.identity.key_id)
+        raise
+    except BaseException:
+        if not handed.ended:  # the edge gave up on the router: stop it, if it still runs
+            bus.cancel(headers["x-request-id"])
+        raise
     finally:
-        disconnect.cancel()
-        if not collect.done():
-            collect.cancel()
-            bus.cancel(headers["x-request-id"])
-            log.info("chat.client_disconnected", key_id=admission.identity.key_id)
-        elif not handed.ended:  # the edge gave up on the router: stop it, if it still runs
-            bus.cancel(headers["x-request-id"])
+        unwatch()
         exchange.close()
-    body, finished = collect.result()
     await admission.finish(finished)
     if store is not None:
         await store[0].store(store[1], CachedAnswer.of(finished, body=body))
@@ -288,11 +295,6 @@ async def _collect(
         else:
             raise _unexpected_frame(frame)
     raise UpstreamError("The router ended the exchange without an answer.", code="protocol_error")
-
-
-async def _wait_for_disconnect(request: HttpRequest) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _stream(
