@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
-from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
 from switchboard.common.errors import PermissionDeniedError
@@ -27,13 +26,16 @@ _PROBES = "/health"
 """Health probes (load balancers, kubelets) may use plain HTTP."""
 
 
+_ENCODED = [(name.encode(), value.encode()) for name, value in _HEADERS.items()]
+
+
 async def security_headers(message: Message, _scope: Scope) -> None:
     """Add the headers to the start of each HTTP response (keeps any already set)."""
     if message["type"] == "http.response.start":
-        headers = MutableScopeHeaders.from_message(message)
-        for name, value in _HEADERS.items():
-            if name not in headers:
-                headers[name] = value
+        headers = list(message.get("headers") or ())
+        present = {bytes(name).lower() for name, _ in headers}
+        headers += [header for header in _ENCODED if header[0] not in present]
+        message["headers"] = headers
 
 
 async def require_https(settings: EdgeSettings, request: Request[Any, Any, Any]) -> None:
