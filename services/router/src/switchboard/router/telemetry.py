@@ -123,7 +123,6 @@ def _request_attributes(envelope: ChatRequest) -> dict[str, Any]:
         "switchboard.key_id": envelope.key.key_id,
         "switchboard.stream": request.wants_stream,
     }
-    fields = request.model_dump(exclude_unset=True)
     for name, attribute in (
         ("temperature", "gen_ai.request.temperature"),
         ("top_p", "gen_ai.request.top_p"),
@@ -131,7 +130,7 @@ def _request_attributes(envelope: ChatRequest) -> dict[str, Any]:
         ("max_completion_tokens", "gen_ai.request.max_tokens"),
         ("seed", "gen_ai.request.seed"),
     ):
-        value = fields.get(name)
+        value = getattr(request, name, None)
         if isinstance(value, int | float) and not isinstance(value, bool):
             attributes[attribute] = value
     return attributes
@@ -144,9 +143,10 @@ def chat_span(envelope: ChatRequest, parent: Any = None) -> Iterator[Span]:
         f"chat {envelope.request.model}",
         context=parent,
         kind=SpanKind.SERVER,
-        attributes=_request_attributes(envelope),
         record_exception=False,
     ) as span:
+        if span.is_recording():  # not while spans are not exported (sampled out)
+            span.set_attributes(_request_attributes(envelope))
         yield span
 
 
