@@ -223,3 +223,23 @@ def test_redis_restart_during_traffic(gated: GatedStack, metering: ManagedProces
     rows = settled_ledger(gated.nats.url, created["id"], request_ids)
     assert len(rows) == len(statuses) + 1
     print(f"\n[redis restarted] requests={len(statuses) + 1} ledger_rows={len(rows)}")  # figures
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatedStack]:
+    """One edge that trusts no proxy, reached over loopback."""
+    with gated_stack(
+        tmp_path_factory.mktemp("hardening-direct"),
+        EDGE_REQUIRE_HTTPS="true",
+    ) as stack:
+        yield stack
+
+
+def test_forwarding_headers_of_an_untrusted_peer_are_ignored(direct: GatedStack) -> None:
+    # Not even from 127.0.0.1, whose X-Forwarded-For and -Proto uvicorn's own proxy-header
+    # handling would believe (it is off: the edge judges them by EDGE_TRUSTED_PROXIES).
+    claimed = direct.chat("sk-sb-anything", headers={"x-forwarded-proto": "https"})
+    assert error_of(claimed, 403)["code"] == "https_required"
+    forwarded = direct.chat("sk-sb-anything", headers={"forwarded": "for=192.0.2.9;proto=https"})
+    assert error_of(forwarded, 403)["code"] == "https_required"
+    assert httpx.get(f"{direct.edges[0].url}/health", timeout=5).status_code == 200

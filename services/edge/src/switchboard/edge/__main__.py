@@ -42,6 +42,9 @@ async def _run(settings: EdgeSettings) -> None:
             access_log=False,
             log_config=None,
             server_header=False,
+            # Forwarding headers are ours to judge (EDGE_TRUSTED_PROXIES): uvicorn's own
+            # handling would believe any loopback peer's X-Forwarded-For and -Proto.
+            proxy_headers=False,
             timeout_graceful_shutdown=int(settings.nats_drain_timeout),
         )
     )
