@@ -156,18 +156,21 @@ def attempt_span(candidate: Candidate, *, retry: int, position: int) -> Iterator
     with _tracer.start_as_current_span(
         f"chat {candidate.upstream_model}",
         kind=SpanKind.CLIENT,
-        attributes={
-            "gen_ai.operation.name": "chat",
-            "gen_ai.system": candidate.provider.name,
-            "gen_ai.provider.name": candidate.provider.name,
-            "gen_ai.request.model": candidate.upstream_model,
-            "server.address": candidate.provider.base_url,
-            "switchboard.retry": retry,
-            "switchboard.fallback": position,
-        },
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.system": candidate.provider.name,
+                    "gen_ai.provider.name": candidate.provider.name,
+                    "gen_ai.request.model": candidate.upstream_model,
+                    "server.address": candidate.provider.base_url,
+                    "switchboard.retry": retry,
+                    "switchboard.fallback": position,
+                }
+            )
         try:
             yield span
         except BaseException as exc:
