@@ -45,9 +45,14 @@ async def port() -> AsyncIterator[int]:
     settings = EdgeSettings(
         edge_header_timeout=0.3, edge_body_timeout=0.5, edge_max_header_bytes=1024
     )
-    config = uvicorn.Config(
-        _echo_length, http=guarded_protocol(settings), lifespan="off", log_config=None
-    )
+    async with _serving(_echo_length, settings) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: Any, settings: EdgeSettings) -> AsyncIterator[int]:
+    """uvicorn with the guarded protocol serving ``app`` in this loop; yields its port."""
+    config = uvicorn.Config(app, http=guarded_protocol(settings), lifespan="off", log_config=None)
     server = uvicorn.Server(config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -56,9 +61,12 @@ async def port() -> AsyncIterator[int]:
         if server.started:
             break
         await asyncio.sleep(0.01)
-    yield int(sock.getsockname()[1])
-    server.should_exit = True
-    await task
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        server.force_exit = True
+        await task
 
 
 @contextlib.asynccontextmanager
@@ -177,21 +185,8 @@ async def watching() -> AsyncIterator[tuple[int, list[str]]]:
             await asyncio.wait_for(gone.wait(), 1 if scope["path"] == "/unwatch" else 5)
         events.append("gone" if gone.is_set() else "still there")
 
-    config = uvicorn.Config(
-        app, http=guarded_protocol(EdgeSettings()), lifespan="off", log_config=None
-    )
-    server = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(1000):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    yield int(sock.getsockname()[1]), events
-    server.should_exit = True
-    server.force_exit = True
-    await task
+    async with _serving(app, EdgeSettings()) as port:
+        yield port, events
 
 
 async def _leave_after(port: int, path: str, seconds: float) -> None:
