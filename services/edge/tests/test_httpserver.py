@@ -203,31 +203,21 @@ async def _until(events: list[str], count: int) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.parametrize(
+    ("path", "stay", "outcome"),
+    [
+        ("/wait", 0.1, "gone"),  # told when its client leaves
+        ("/unwatch", 0.1, "still there"),  # not told once it stopped watching
+        ("/late", 0.05, "gone"),  # told even when it watches after the client left
+    ],
+)
 async def test_the_protocol_tells_the_handler_its_client_left(
-    watching: tuple[int, list[str]],
+    watching: tuple[int, list[str]], path: str, stay: float, outcome: str
 ) -> None:
     port, events = watching
-    await _leave_after(port, "/wait", 0.1)
+    await _leave_after(port, path, stay)
     await _until(events, 2)
-    assert events == ["extension", "gone"]
-
-
-async def test_a_handler_that_stopped_watching_is_not_told(
-    watching: tuple[int, list[str]],
-) -> None:
-    port, events = watching
-    await _leave_after(port, "/unwatch", 0.1)
-    await _until(events, 2)
-    assert events == ["extension", "still there"]
-
-
-async def test_watching_after_the_client_left_still_tells(
-    watching: tuple[int, list[str]],
-) -> None:
-    port, events = watching
-    await _leave_after(port, "/late", 0.05)
-    await _until(events, 2)
-    assert events == ["extension", "gone"]
+    assert events == ["extension", outcome]
 
 
 async def test_other_servers_fall_back_to_http_disconnect() -> None:
