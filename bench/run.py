@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,8 @@ class Report:
     started: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     load: tuple[float, float, float] = field(default_factory=os.getloadavg)
     """The machine's load average when the run started: other work skews every target."""
+    idle: dict[bool, list[tuple[float, float]]] = field(default_factory=dict)
+    """Streamed or not → (nginx p50, switchboard p50) of alternating one-client runs."""
 
 
 def _k6() -> str:
@@ -236,12 +239,30 @@ def measure(
         )
 
 
+def measure_idle(
+    report: Report, upstream: str, base_url: str, key: str, *, stream: bool, pairs: int
+) -> None:
+    """What Switchboard adds to one client's request on an otherwise idle machine: p50 of
+    the upstream alone and through Switchboard, in ``pairs`` alternating 5 s runs (a VM's
+    speed drifts by more than the difference within minutes; alternating cancels that)."""
+    runs = report.idle.setdefault(stream, [])
+    run_k6(base_url, key, stream=stream, vus=8, duration="3s")  # warm-up
+    for _ in range(pairs):
+        base = _result("", stream, 1, run_k6(upstream, "x", stream=stream, vus=1, duration="5s"))
+        ours = _result("", stream, 1, run_k6(base_url, key, stream=stream, vus=1, duration="5s"))
+        runs.append((base.p50, ours.p50))
+        print(f"idle stream={stream!s:<5} nginx p50={base.p50:.2f}ms ours p50={ours.p50:.2f}ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", default="10s", help="k6 duration of each measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument("--streams", type=int, default=1000, help="extra streamed concurrency")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument(
+        "--idle-pairs", type=int, default=7, help="alternating one-client runs (added latency)"
+    )
     parser.add_argument("--cache", type=Path, default=ROOT / ".bench-cache")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
@@ -264,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                     duration=args.duration,
                 )
                 with switchboard(workdir, upstream) as (base_url, key, pids):
+                    measure_idle(
+                        report, upstream, base_url, key, stream=stream, pairs=args.idle_pairs
+                    )
                     measure(
                         report,
                         "switchboard",
@@ -345,6 +369,24 @@ def _find(report: Report, target: str, stream: bool, vus: int) -> Result | None:
     )
 
 
+def _idle_lines(report: Report) -> list[str]:
+    lines: list[str] = []
+    for stream, runs in report.idle.items():
+        if not runs:
+            continue
+        added = statistics.median(ours - base for base, ours in runs)
+        kind = "streamed (p50 of the whole stream)" if stream else "non-streamed"
+        lines += [
+            "",
+            f"Added latency, {kind}, one client on an idle machine: "
+            f"**{added:.2f} ms** at p50 (median of {len(runs)} alternating 5 s runs; "
+            "p50 in ms, upstream alone → through Switchboard: "
+            + ", ".join(f"{base:.2f} → {ours:.2f}" for base, ours in runs)
+            + ")",
+        ]
+    return lines
+
+
 def render(report: Report, args: argparse.Namespace) -> str:
     lines = [
         "# Benchmarks",
@@ -395,6 +437,7 @@ def render(report: Report, args: argparse.Namespace) -> str:
                     f" p99 {ours.p99:.0f} ms vs {best.p99:.0f} ms"
                 )
             lines.append(line)
+    lines += _idle_lines(report)
     lines += ["", "## Response cache (same run)", ""]
     for r in report.results:
         if r.target == "switchboard (cache hits)":

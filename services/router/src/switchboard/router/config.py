@@ -226,7 +226,11 @@ class Routing:
 
     def model(self, model_id: str) -> ModelConfig:
         """The overrides of ``model_id`` (empty when it has none)."""
-        return self.config.models.get(model_id) or ModelConfig()
+        return self.config.models.get(model_id) or _NO_OVERRIDES
+
+
+_NO_OVERRIDES = ModelConfig()
+"""A model's overrides when it has none (frozen, so one serves every lookup)."""
 
 
 def _resolve(
