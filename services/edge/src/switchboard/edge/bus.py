@@ -73,7 +73,13 @@ class Exchange:
             if wait <= 0:
                 raise GatewayTimeoutError(_DEADLINE_PASSED)
             try:
-                msg = await asyncio.wait_for(self._queue.get(), wait)
+                # Frames often arrive together (a completion's r and t): those already
+                # here need no timer.
+                msg = (
+                    self._queue.get_nowait()
+                    if not self._queue.empty()
+                    else await asyncio.wait_for(self._queue.get(), wait)
+                )
             except TimeoutError:
                 if loop.time() >= self._deadline:
                     raise GatewayTimeoutError(_DEADLINE_PASSED) from None

@@ -149,6 +149,9 @@ class OpenRouterClient:
         if provider.api_key:
             self._headers["Authorization"] = f"Bearer {provider.api_key}"
         self._secrets = (provider.api_key,) if provider.api_key else ()
+        self._urls = {  # parsed once, not per request
+            path: httpx.URL(f"{self._base_url}{path}") for path in ("/chat/completions", "/models")
+        }
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
 
@@ -174,7 +177,7 @@ class OpenRouterClient:
         timeout = {"connect": connect, "read": read, "write": read, "pool": connect}
         return httpx.Request(
             method,
-            f"{self._base_url}{path}",
+            self._urls[path],
             headers={**self._headers, **headers},
             extensions={"timeout": timeout},
             **kw,
