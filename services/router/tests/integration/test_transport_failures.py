@@ -179,3 +179,38 @@ async def test_an_idle_pooled_connection_is_not_reused_past_the_keepalive_expiry
             await asyncio.sleep(4.2)  # past the pool's keep-alive expiry (4 s)
             answer = await client.complete(BODY)
     assert answer.data["id"] == "gen-1"
+
+
+async def test_no_cookie_is_kept_between_requests_over_the_real_pool(
+    make_settings: Callable[..., RouterSettings],
+) -> None:
+    """An upstream's cookies must never travel from one user's request into another's
+    (a host name, not an IP address: a cookie jar would keep cookies for it)."""
+    seen: list[bytes] = []
+
+    async def set_cookie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            cookies = [line for line in head.split(b"\r\n") if line.lower().startswith(b"cookie:")]
+            seen.append(b"; ".join(cookies))
+            body = b'{"id": "gen-1", "choices": []}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            writer.write(b"Set-Cookie: session=user-a; Path=/\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    async with _server(set_cookie) as url:
+        settings = make_settings(openrouter_base_url=url.replace("127.0.0.1", "localhost"))
+        async with OpenRouterClient.open(settings) as client:
+            for _ in range(3):
+                await client.complete(BODY)
+    assert seen == [b"", b"", b""]

@@ -7,7 +7,8 @@ probing idle sockets, each time a request starts or ends, which capped one route
 pool did 2,800 and 2,600 (``docs/benchmarks.md``). They go to the transport directly, not
 through ``httpx.AsyncClient``, whose per-request machinery (header merging, auth and
 redirect hooks, a cookie jar) cost about 0.1 ms of a 0.35 ms call and does nothing for
-us; it would also carry one user's upstream cookies into every other user's requests.
+us. No cookie jar keeps anything (neither httpx's nor aiohttp's): an upstream's cookies
+would otherwise ride along with every later request, whoever sent it.
 
 One call is one attempt: every failure leaves as an
 :class:`~switchboard.router.openrouter.errors.UpstreamCallError` that keeps what the upstream
@@ -105,14 +106,21 @@ async def open_pool(
     settings: RouterSettings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> AsyncIterator[httpx.AsyncBaseTransport]:
     """The process's one connection pool, shared by every provider; closed on exit."""
-    limits = httpx.Limits(
-        max_connections=settings.router_max_connections,
-        max_keepalive_connections=settings.router_max_connections,
-        keepalive_expiry=_KEEPALIVE_EXPIRY,
-    )
-    pool = transport or AiohttpTransport(limits=limits, trust_env=False)
-    async with pool:
-        yield pool
+    if transport is None:
+        # The session built here rather than by the transport: its cookie jar must keep
+        # nothing, or one user's upstream cookies would ride along with every later request.
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=settings.router_max_connections,
+                keepalive_timeout=_KEEPALIVE_EXPIRY,
+                ssl=httpx.create_ssl_context(trust_env=False),
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        )
+        transport = AiohttpTransport(client=session, trust_env=False)
+    async with transport:
+        yield transport
 
 
 def default_provider(settings: RouterSettings) -> Provider:
