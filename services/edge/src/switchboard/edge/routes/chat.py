@@ -49,11 +49,14 @@ _CLIENT_CLOSED = 499
 """The status of a request whose client left before its answer (nginx's convention)."""
 
 
-def _header_safe(value: str) -> str:
-    """``value`` percent-encoded beyond printable ASCII: a model name comes from the client
-    or an upstream, and CR, LF or a non-Latin-1 character in a header would break (or
-    split) the response."""
-    return quote(value, safe=_HEADER_SAFE)
+def _served_by(headers: dict[str, str], model: str | None, fallbacks: int | None) -> None:
+    """Name the model that served (or was last tried) and the fallbacks taken. The model
+    is percent-encoded beyond printable ASCII: it comes from the client or an upstream, and
+    CR, LF or a non-Latin-1 character in a header would break (or split) the response."""
+    if model is not None:
+        headers[_MODEL_HEADER] = quote(model, safe=_HEADER_SAFE)
+    if fallbacks is not None:
+        headers["x-switchboard-fallbacks"] = str(fallbacks)
 
 
 @dataclass(slots=True)
@@ -96,9 +99,7 @@ class _Handed:
 def _failure(frame: Frame, headers: dict[str, str]) -> GatewayError:
     """The router's error as an exception; what it tried goes into the response headers."""
     failed = CompletionFailed.model_validate_json(frame.body)
-    if failed.model:
-        headers[_MODEL_HEADER] = _header_safe(failed.model)
-    headers["x-switchboard-fallbacks"] = str(failed.fallbacks)
+    _served_by(headers, failed.model or None, failed.fallbacks)
     return GatewayError(
         failed.error.message,
         param=failed.error.param,
@@ -142,8 +143,7 @@ async def _serve_cached(
     cache_hits.add(1)
     log.info("chat.cache_hit", key_id=admission.identity.key_id)
     headers[CACHE_HEADER] = "hit"
-    headers[_MODEL_HEADER] = _header_safe(cached.served_model)
-    headers["x-switchboard-fallbacks"] = "0"
+    _served_by(headers, cached.served_model, 0)
     if chat.wants_stream:
         headers["cache-control"] = "no-store"
         headers["x-accel-buffering"] = "no"
@@ -271,8 +271,7 @@ async def _complete(
     await admission.finish(finished)
     if store is not None:
         await store[0].store(store[1], CachedAnswer.of(finished, body=body))
-    headers[_MODEL_HEADER] = _header_safe(finished.served_model)
-    headers["x-switchboard-fallbacks"] = str(finished.fallbacks)
+    _served_by(headers, finished.served_model, finished.fallbacks)
     return Response(content=body, media_type=MediaType.JSON, headers=headers)
 
 
@@ -329,12 +328,10 @@ async def _stream(
     handed.output = True
     started = handed.started
     if started is not None:
-        headers[_MODEL_HEADER] = _header_safe(started.served_model)
-        headers["x-switchboard-fallbacks"] = str(started.fallbacks)
+        _served_by(headers, started.served_model, started.fallbacks)
     else:  # a router that predates the started frame
         model = orjson.loads(first.body).get("model")
-        if isinstance(model, str):
-            headers[_MODEL_HEADER] = _header_safe(model)
+        _served_by(headers, model if isinstance(model, str) else None, None)
     headers["cache-control"] = "no-store"
     headers["x-accel-buffering"] = "no"
     return Stream(
