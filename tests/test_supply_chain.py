@@ -44,7 +44,7 @@ from tests.support.jsonserver import serving_json
 from tests.support.osv_emulator import OsvEmulator, OsvRequest, canonical_name, vulnerability
 from tests.support.pypi_advisories import (
     PYPI_JSON_URL,
-    Advisory,
+    Finding,
     locked_requirements,
     pypi_audit,
 )
@@ -60,21 +60,6 @@ _FIELDS = {"id", "package", "reason", "expires"}
 
 class AuditUnavailableError(Exception):
     """The vulnerability service could not be asked, or not about every package."""
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One known vulnerability of one locked package version."""
-
-    package: str
-    version: str
-    id: str
-    """The tool's preferred id (pip-audit may prefer a CVE alias to the OSV id)."""
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def names(self) -> set[str]:
-        return {self.id, *self.aliases}
 
 
 @dataclass(frozen=True)
@@ -273,9 +258,8 @@ def audit_with_fallback(requirements: Path, directory: Path, pypi_url: str) -> R
         pypi = pypi_audit(locked_requirements(requirements), pypi_url)
     except httpx.HTTPError as exc:
         unavailable(f"{osv_failure}; and PyPI's JSON API failed too: {exc!r}")
-    findings = [Finding(a.package, a.version, a.id, a.aliases) for a in pypi.advisories]
     source = f"PyPI's advisories ({len(pypi.audited)} packages at their latest release)"
-    return RealAudit(findings, pypi.not_audited, f"{source}; OSV: {osv_failure}")
+    return RealAudit(pypi.findings, pypi.not_audited, f"{source}; OSV: {osv_failure}")
 
 
 @pytest.fixture(scope="module")
@@ -471,10 +455,10 @@ def test_pypi_advisories_audit_latest_releases_and_name_the_rest() -> None:
 
     with serving_json(pypi_json) as url:
         audit = pypi_audit([(VULNERABLE, version), ("older", "1.0"), ("gone", "1.0")], url)
-    assert audit.advisories == [Advisory(VULNERABLE, version, MADE_UP_ID, (MADE_UP_ALIAS,))]
+    assert audit.findings == [Finding(VULNERABLE, version, MADE_UP_ID, (MADE_UP_ALIAS,))]
     assert audit.audited == [f"{VULNERABLE}=={version}"]
     assert audit.not_audited == ["older==1.0", "gone==1.0"]
-    findings = [Finding(a.package, a.version, a.id, a.aliases) for a in audit.advisories]
+    findings = audit.findings
     today = datetime.now(UTC).date()
     assert not Verdict(findings, [], today).passed
     assert Verdict(findings, [_exception(today + timedelta(days=30))], today).passed

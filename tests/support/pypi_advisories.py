@@ -17,27 +17,32 @@ from typing import Any
 
 import httpx
 
-__all__ = ["PYPI_JSON_URL", "Advisory", "PypiAudit", "locked_requirements", "pypi_audit"]
+__all__ = ["PYPI_JSON_URL", "Finding", "PypiAudit", "locked_requirements", "pypi_audit"]
 
 PYPI_JSON_URL = "https://pypi.org/pypi"
 _PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
-class Advisory:
-    """One vulnerability PyPI reports for a package's latest release."""
+class Finding:
+    """One known vulnerability of one locked package version, from any source."""
 
     package: str
     version: str
     id: str
-    aliases: tuple[str, ...]
+    """The source's preferred id (pip-audit may prefer a CVE alias to the OSV id)."""
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> set[str]:
+        return {self.id, *self.aliases}
 
 
 @dataclass
 class PypiAudit:
     """What PyPI could tell about a set of pinned packages."""
 
-    advisories: list[Advisory] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     audited: list[str] = field(default_factory=list)
     not_audited: list[str] = field(default_factory=list)
     """``name==version`` of packages PyPI has no data for at that version (not the latest
@@ -72,7 +77,7 @@ def pypi_audit(packages: list[tuple[str, str]], base_url: str = PYPI_JSON_URL) -
         for vuln in (data or {}).get("vulnerabilities") or []:
             if vuln.get("withdrawn"):
                 continue
-            audit.advisories.append(
-                Advisory(name, version, str(vuln["id"]), tuple(vuln.get("aliases") or ()))
+            audit.findings.append(
+                Finding(name, version, str(vuln["id"]), tuple(vuln.get("aliases") or ()))
             )
     return audit
