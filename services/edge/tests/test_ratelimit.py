@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -13,6 +14,7 @@ from switchboard.edge.keys import KeyStore, hash_secret
 from switchboard.edge.ratelimit import (
     Limits,
     RedisLimiter,
+    Settlement,
     Window,
     month_ttl,
     rate_limit_headers,
@@ -25,6 +27,11 @@ MONTH = "2030-01"
 
 def _limiter(redis: Redis, make_settings: SettingsFactory, **settings: object) -> RedisLimiter:
     return RedisLimiter(redis, make_settings(**settings))
+
+
+async def _finish(limiter: RedisLimiter, key_id: str, request_id: str, **fields: Any) -> None:
+    """``finish.lua`` for one request."""
+    await limiter.finish_many([Settlement(key_id, request_id, **fields)])
 
 
 async def test_rpm_is_exact_under_concurrency(redis: Redis, make_settings: SettingsFactory) -> None:
@@ -78,8 +85,16 @@ async def test_tpm_reserves_then_reconciles(redis: Redis, make_settings: Setting
     assert second.tokens.remaining == 400
     assert 59 < second.retry_after <= 60
     # ...until the first one turns out to have used 50 tokens.
-    await limiter.finish(
-        "key_t", "r1", reserved=600, actual=50, tokens=50, cost_usd=0, month=MONTH, release=False
+    await _finish(
+        limiter,
+        "key_t",
+        "r1",
+        reserved=600,
+        actual=50,
+        tokens=50,
+        cost_usd=0,
+        month=MONTH,
+        release=False,
     )
     assert await redis.get("sb:rl:toksum:key_t") == "50"
     assert await redis.zrange("sb:rl:tok:key_t", 0, -1) == ["r1:50"]
@@ -120,13 +135,29 @@ async def test_tpm_window_expiry_and_late_reconciliation(
     assert verdict.admitted
     assert await redis.get("sb:rl:toksum:key_e") == "90"
     # r1 reports 30 tokens after its reservation left the window: counted now.
-    await limiter.finish(
-        "key_e", "r1", reserved=90, actual=30, tokens=30, cost_usd=0, month=MONTH, release=False
+    await _finish(
+        limiter,
+        "key_e",
+        "r1",
+        reserved=90,
+        actual=30,
+        tokens=30,
+        cost_usd=0,
+        month=MONTH,
+        release=False,
     )
     assert await redis.get("sb:rl:toksum:key_e") == "120"
     # A reservation returned (failure before any output) frees its tokens at once.
-    await limiter.finish(
-        "key_e", "r2", reserved=90, actual=0, tokens=0, cost_usd=0, month=MONTH, release=False
+    await _finish(
+        limiter,
+        "key_e",
+        "r2",
+        reserved=90,
+        actual=0,
+        tokens=0,
+        cost_usd=0,
+        month=MONTH,
+        release=False,
     )
     assert await redis.get("sb:rl:toksum:key_e") == "30"
 
@@ -142,8 +173,16 @@ async def test_concurrency_leases(redis: Redis, make_settings: SettingsFactory) 
         return verdict.status
 
     assert [await admit("a"), await admit("b"), await admit("c")] == ["ok", "ok", "concurrency"]
-    await limiter.finish(
-        "key_c", "a", reserved=-1, actual=-1, tokens=0, cost_usd=0, month=MONTH, release=True
+    await _finish(
+        limiter,
+        "key_c",
+        "a",
+        reserved=-1,
+        actual=-1,
+        tokens=0,
+        cost_usd=0,
+        month=MONTH,
+        release=True,
     )
     assert await admit("d") == "ok"
     # b and d are renewed, so they outlive their first lease; an unknown lease is not added.
@@ -167,12 +206,28 @@ async def test_budget_and_token_quota(redis: Redis, make_settings: SettingsFacto
         return verdict.status
 
     assert await admit("key_b", budget) == "ok"
-    await limiter.finish(
-        "key_b", "r", reserved=-1, actual=-1, tokens=10, cost_usd=0.0007, month=MONTH, release=False
+    await _finish(
+        limiter,
+        "key_b",
+        "r",
+        reserved=-1,
+        actual=-1,
+        tokens=10,
+        cost_usd=0.0007,
+        month=MONTH,
+        release=False,
     )
     assert await admit("key_b", budget) == "ok"  # 0.0007 < 0.001: the next one may go
-    await limiter.finish(
-        "key_b", "r", reserved=-1, actual=-1, tokens=10, cost_usd=0.0007, month=MONTH, release=False
+    await _finish(
+        limiter,
+        "key_b",
+        "r",
+        reserved=-1,
+        actual=-1,
+        tokens=10,
+        cost_usd=0.0007,
+        month=MONTH,
+        release=False,
     )
     assert await admit("key_b", budget) == "quota_usd"
     assert float(await redis.get(f"sb:quota:usd:key_b:{MONTH}") or 0) == pytest.approx(0.0014)
@@ -180,8 +235,16 @@ async def test_budget_and_token_quota(redis: Redis, make_settings: SettingsFacto
     assert await admit("key_b", Limits(budget_usd=0.01)) == "ok"  # a raised budget applies
 
     assert await admit("key_q", tokens) == "ok"
-    await limiter.finish(
-        "key_q", "r", reserved=-1, actual=-1, tokens=100, cost_usd=0, month=MONTH, release=False
+    await _finish(
+        limiter,
+        "key_q",
+        "r",
+        reserved=-1,
+        actual=-1,
+        tokens=100,
+        cost_usd=0,
+        month=MONTH,
+        release=False,
     )
     assert await admit("key_q", tokens) == "quota_tokens"
     assert await admit("key_q", Limits(budget_usd=0)) == "quota_usd"  # zero budget: nothing

@@ -223,23 +223,6 @@ class RedisLimiter:
             tokens=Window(int(t_lim), int(t_rem), int(t_reset) / 1000) if int(t_lim) else None,
         )
 
-    async def finish(
-        self,
-        key_id: str,
-        request_id: str,
-        *,
-        reserved: int,
-        actual: int,
-        tokens: int,
-        cost_usd: float,
-        month: str,
-        release: bool,
-    ) -> None:
-        """Run ``finish.lua`` for one request: reconcile, charge, release."""
-        await self.finish_many(
-            [Settlement(key_id, request_id, reserved, actual, tokens, cost_usd, month, release)]
-        )
-
     async def finish_many(self, settlements: Sequence[Settlement]) -> None:
         """Run ``finish.lua`` for ``settlements``, all in one round trip."""
         args: list[str | int] = [self._window_ms, month_ttl(time.time())]
