@@ -52,7 +52,7 @@ def handlers(fake_nats: Any, make_services: Any, *, models: Any = None) -> Handl
         result: dict[str, Any] = models
         return result
 
-    client = OpenRouterClient(None, _provider())  # type: ignore[arg-type]
+    client = OpenRouterClient(None, _provider(), connect_timeout=1, read_timeout=1)  # type: ignore[arg-type]
     services = make_services(client)
     routing = Routing(
         RoutingConfig.model_validate({"tiers": {"budget": ["vendor/a"]}}),

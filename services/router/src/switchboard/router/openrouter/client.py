@@ -147,8 +147,8 @@ class OpenRouterClient:
         pool: httpx.AsyncBaseTransport,
         provider: Provider,
         *,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 300.0,
+        connect_timeout: float,
+        read_timeout: float,
     ) -> None:
         self._pool = pool
         self.provider = provider
