@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -29,9 +28,20 @@ def _limiter(redis: Redis, make_settings: SettingsFactory, **settings: object) -
     return RedisLimiter(redis, make_settings(**settings))
 
 
-async def _finish(limiter: RedisLimiter, key_id: str, request_id: str, **fields: Any) -> None:
-    """``finish.lua`` for one request."""
-    await limiter.finish_many([Settlement(key_id, request_id, **fields)])
+async def _finish(
+    limiter: RedisLimiter,
+    key_id: str,
+    request_id: str,
+    *,
+    reserved: int = -1,
+    actual: int = -1,
+    tokens: int = 0,
+    cost_usd: float = 0.0,
+    release: bool = False,
+) -> None:
+    """``finish.lua`` for one request of :data:`MONTH` (by default: nothing to settle)."""
+    settlement = Settlement(key_id, request_id, reserved, actual, tokens, cost_usd, MONTH, release)
+    await limiter.finish_many([settlement])
 
 
 async def test_rpm_is_exact_under_concurrency(redis: Redis, make_settings: SettingsFactory) -> None:
@@ -85,17 +95,7 @@ async def test_tpm_reserves_then_reconciles(redis: Redis, make_settings: Setting
     assert second.tokens.remaining == 400
     assert 59 < second.retry_after <= 60
     # ...until the first one turns out to have used 50 tokens.
-    await _finish(
-        limiter,
-        "key_t",
-        "r1",
-        reserved=600,
-        actual=50,
-        tokens=50,
-        cost_usd=0,
-        month=MONTH,
-        release=False,
-    )
+    await _finish(limiter, "key_t", "r1", reserved=600, actual=50, tokens=50)
     assert await redis.get("sb:rl:toksum:key_t") == "50"
     assert await redis.zrange("sb:rl:tok:key_t", 0, -1) == ["r1:50"]
     third = await limiter.admit(
@@ -135,30 +135,10 @@ async def test_tpm_window_expiry_and_late_reconciliation(
     assert verdict.admitted
     assert await redis.get("sb:rl:toksum:key_e") == "90"
     # r1 reports 30 tokens after its reservation left the window: counted now.
-    await _finish(
-        limiter,
-        "key_e",
-        "r1",
-        reserved=90,
-        actual=30,
-        tokens=30,
-        cost_usd=0,
-        month=MONTH,
-        release=False,
-    )
+    await _finish(limiter, "key_e", "r1", reserved=90, actual=30, tokens=30)
     assert await redis.get("sb:rl:toksum:key_e") == "120"
     # A reservation returned (failure before any output) frees its tokens at once.
-    await _finish(
-        limiter,
-        "key_e",
-        "r2",
-        reserved=90,
-        actual=0,
-        tokens=0,
-        cost_usd=0,
-        month=MONTH,
-        release=False,
-    )
+    await _finish(limiter, "key_e", "r2", reserved=90, actual=0)
     assert await redis.get("sb:rl:toksum:key_e") == "30"
 
 
@@ -173,17 +153,7 @@ async def test_concurrency_leases(redis: Redis, make_settings: SettingsFactory) 
         return verdict.status
 
     assert [await admit("a"), await admit("b"), await admit("c")] == ["ok", "ok", "concurrency"]
-    await _finish(
-        limiter,
-        "key_c",
-        "a",
-        reserved=-1,
-        actual=-1,
-        tokens=0,
-        cost_usd=0,
-        month=MONTH,
-        release=True,
-    )
+    await _finish(limiter, "key_c", "a", release=True)
     assert await admit("d") == "ok"
     # b and d are renewed, so they outlive their first lease; an unknown lease is not added.
     await asyncio.sleep(0.2)
@@ -206,46 +176,16 @@ async def test_budget_and_token_quota(redis: Redis, make_settings: SettingsFacto
         return verdict.status
 
     assert await admit("key_b", budget) == "ok"
-    await _finish(
-        limiter,
-        "key_b",
-        "r",
-        reserved=-1,
-        actual=-1,
-        tokens=10,
-        cost_usd=0.0007,
-        month=MONTH,
-        release=False,
-    )
+    await _finish(limiter, "key_b", "r", tokens=10, cost_usd=0.0007)
     assert await admit("key_b", budget) == "ok"  # 0.0007 < 0.001: the next one may go
-    await _finish(
-        limiter,
-        "key_b",
-        "r",
-        reserved=-1,
-        actual=-1,
-        tokens=10,
-        cost_usd=0.0007,
-        month=MONTH,
-        release=False,
-    )
+    await _finish(limiter, "key_b", "r", tokens=10, cost_usd=0.0007)
     assert await admit("key_b", budget) == "quota_usd"
     assert float(await redis.get(f"sb:quota:usd:key_b:{MONTH}") or 0) == pytest.approx(0.0014)
     assert await redis.ttl(f"sb:quota:usd:key_b:{MONTH}") > 92 * 86400
     assert await admit("key_b", Limits(budget_usd=0.01)) == "ok"  # a raised budget applies
 
     assert await admit("key_q", tokens) == "ok"
-    await _finish(
-        limiter,
-        "key_q",
-        "r",
-        reserved=-1,
-        actual=-1,
-        tokens=100,
-        cost_usd=0,
-        month=MONTH,
-        release=False,
-    )
+    await _finish(limiter, "key_q", "r", tokens=100)
     assert await admit("key_q", tokens) == "quota_tokens"
     assert await admit("key_q", Limits(budget_usd=0)) == "quota_usd"  # zero budget: nothing
 
