@@ -23,7 +23,8 @@ Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Non
 BODY = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def _read_request(reader: asyncio.StreamReader) -> None:
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request, read whole; returns its head (request line and headers)."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = next(
         (
@@ -34,6 +35,7 @@ async def _read_request(reader: asyncio.StreamReader) -> None:
         0,
     )
     await reader.readexactly(length)
+    return head
 
 
 async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -190,16 +192,7 @@ async def test_no_cookie_is_kept_between_requests_over_the_real_pool(
 
     async def set_cookie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                ),
-                0,
-            )
-            await reader.readexactly(length)
+            head = await _read_request(reader)
             cookies = [line for line in head.split(b"\r\n") if line.lower().startswith(b"cookie:")]
             seen.append(b"; ".join(cookies))
             body = b'{"id": "gen-1", "choices": []}'

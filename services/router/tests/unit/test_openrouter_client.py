@@ -102,23 +102,6 @@ async def test_complete_sends_headers_and_body_and_returns_raw_bytes(
     assert orjson.loads(request.content) == {**BODY, "provider": {"order": ["OpenAI"]}}
 
 
-async def test_no_cookie_travels_from_one_request_to_the_next(upstream: ClientFactory) -> None:
-    # One user's upstream cookies must never reach another user's request.
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(
-            200, json={"choices": []}, headers={"set-cookie": "session=user-a; Path=/"}
-        )
-
-    async with upstream(handler) as client:
-        await client.complete(BODY)
-        await client.complete(BODY)
-        await client.list_models()
-    assert [request.headers.get("cookie") for request in seen] == [None, None, None]
-
-
 async def test_compressed_answers_are_decoded_and_timeouts_are_set(
     upstream: ClientFactory,
 ) -> None:
