@@ -295,13 +295,13 @@ async def test_redis_down_cached_keys_use_local_limits(
         await env.admit("sk-sb-never-seen", "x")
     assert unknown.value.code == "auth_unavailable"
     await first.finish(_finished(total=30, cost=0.25))  # kept for later
-    assert env.gate.pending == 1
+    assert env.gate.settlements.kept == 1
     assert await env.gate.renew_leases() == 0
 
     own_valkey.append(start_valkey(server.log_path.parent, port=server.port, persistent=True))
     await asyncio.sleep(_wait_for_retry())
-    assert await env.gate.flush() == 1
-    assert env.gate.pending == 0
+    assert await env.gate.settlements.flush() == 1
+    assert env.gate.settlements.kept == 0
     assert (await env.store.usage(limited.id)).cost_usd == 0.25
     # Redis is back: the key's limits are exact again (the restarted server is empty).
     back = await env.admit(limited.key, "back")

@@ -215,11 +215,6 @@ class Gate:
         """False for a moment after Redis failed; then the next request tries it again."""
         return self._clock() >= self._down_until
 
-    @property
-    def pending(self) -> int:
-        """Settlements waiting for Redis."""
-        return self.settlements.kept
-
     def redis_failed(self, exc: BaseException) -> None:
         """A Redis call failed: leave Redis alone for a moment."""
         self._down_until = self._clock() + _REDIS_RETRY_INTERVAL
@@ -506,10 +501,6 @@ class Gate:
         )
         return settlement if settlement.changes_anything else None
 
-    async def flush(self) -> int:
-        """Send kept settlements while Redis answers; returns how many were sent."""
-        return await self.settlements.flush()
-
     async def renew_leases(self) -> int:
         """Extend the concurrency leases of this process's running requests."""
         now = self._clock()
@@ -548,4 +539,4 @@ class Gate:
                 await self.renew_leases()
                 last_renewal = self._clock()
             if self.settlements.kept:
-                await self.flush()
+                await self.settlements.flush()
