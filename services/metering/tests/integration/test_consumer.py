@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 from nats.aio.client import Client as Nats
+from nats.js.client import JetStreamContext
 from tests.support.clickhouse import LedgerTarget, client_for
 
 from switchboard.common import subjects
@@ -113,6 +114,30 @@ async def test_a_lone_event_waits_at_most_the_time_bound(
     await eventually(lambda: ledger_counts(ledger)[0] == 1, every=0.02, what="the event")
     assert loop.time() - started < 2.0
     assert sink.sizes == [1]
+
+
+async def test_a_trickle_is_fetched_in_few_pulls(
+    nc: Nats, ledger: Client, run_consumer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One idle client sends events a few milliseconds apart; fetching each one on its own
+    # costs a pull request, a status reply and a wake-up per event.
+    fetched: list[int] = []
+    fetch = JetStreamContext.PullSubscription.fetch
+
+    async def counting_fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        messages = await fetch(self, *args, **kwargs)
+        fetched.append(len(messages))
+        return messages
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", counting_fetch)
+    await run_consumer(metering_batch_size=1000, metering_batch_max_wait=1.0)
+    for i in range(20):
+        await publish(nc, [usage_event(prompt_tokens=i)])
+        await asyncio.sleep(0.01)
+    await eventually(lambda: ledger_counts(ledger)[0] == 20, what="20 events")
+    assert sum(fetched) == 20
+    # 20 events over ≥ 200 ms: about one fetch per 50 ms, not one per event.
+    assert len([n for n in fetched if n]) <= 8, fetched
 
 
 async def test_duplicate_publications_count_once(
