@@ -350,9 +350,19 @@ def main(argv: list[str] | None = None) -> int:
                         proxy.stop()
         finally:
             nginx.stop()
-    args.out.write_text(render(report, args))
+    args.out.write_text(render(report, args) + _reading(args.out))
     print(f"wrote {args.out}")
     return 0
+
+
+READING = "## Reading this run"
+"""The hand-written section at the end of the page, kept by a rerun (to be updated from it)."""
+
+
+def _reading(page: Path) -> str:
+    text = page.read_text() if page.exists() else ""
+    start = text.find(READING)
+    return "\n" + text[start:] if start >= 0 else ""
 
 
 def _row(r: Result) -> str:
@@ -392,7 +402,8 @@ def render(report: Report, args: argparse.Namespace) -> str:
         "# Benchmarks",
         "",
         "Written by `make bench` (`uv run --group bench python -m bench.run`); rerun it to refresh "
-        "every number below. All targets ran in one run, on one machine, against the same upstream "
+        "every number below but the hand-written reading at the end, which a rerun keeps as it "
+        "is. All targets ran in one run, on one machine, against the same upstream "
         "(nginx serving fixed answers), with the same load tool (k6). "
         f"LiteLLM proxy {LITELLM_VERSION} was installed into a throwaway virtualenv; "
         "it is not a project dependency.",
