@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -54,6 +55,19 @@ async def byte_stream(
         raise fail
 
 
+def recording(
+    respond: Callable[[httpx.Request], httpx.Response],
+) -> tuple[list[httpx.Request], Handler]:
+    """A handler answering with ``respond`` and the list of the requests it saw."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return respond(request)
+
+    return seen, handler
+
+
 @pytest.fixture
 def upstream(make_settings: Callable[..., RouterSettings]) -> ClientFactory:
     """An OpenRouterClient whose HTTP calls go to ``handler``."""
@@ -79,12 +93,12 @@ async def collect(client: OpenRouterClient, body: dict[str, Any] = BODY) -> list
 async def test_complete_sends_headers_and_body_and_returns_raw_bytes(
     upstream: ClientFactory,
 ) -> None:
-    seen: list[httpx.Request] = []
     raw = b'{"id":"gen-1","model":"openai/gpt-4o-mini","choices":[] , "usage":{"total_tokens":3}}'
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, content=raw, headers={"content-type": "application/json"})
+    seen, handler = recording(
+        lambda _request: httpx.Response(
+            200, content=raw, headers={"content-type": "application/json"}
+        )
+    )
 
     async with upstream(
         handler, openrouter_http_referer="https://example.org", openrouter_app_title="Switchboard"
@@ -105,14 +119,12 @@ async def test_complete_sends_headers_and_body_and_returns_raw_bytes(
 async def test_compressed_answers_are_decoded_and_timeouts_are_set(
     upstream: ClientFactory,
 ) -> None:
-    import gzip
-
-    seen: list[httpx.Request] = []
     raw = b'{"id":"gen-1","choices":[]}'
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, content=gzip.compress(raw), headers={"content-encoding": "gzip"})
+    seen, handler = recording(
+        lambda _request: httpx.Response(
+            200, content=gzip.compress(raw), headers={"content-encoding": "gzip"}
+        )
+    )
 
     async with upstream(handler, router_upstream_read_timeout=42) as client:
         assert (await client.complete(BODY, timeout=7)).raw == raw
@@ -125,11 +137,7 @@ async def test_compressed_answers_are_decoded_and_timeouts_are_set(
 
 
 async def test_no_key_and_no_attribution_means_no_headers(upstream: ClientFactory) -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"choices": []})
+    seen, handler = recording(lambda _request: httpx.Response(200, json={"choices": []}))
 
     async with upstream(handler, openrouter_api_key=None) as client:
         await client.complete(BODY)
@@ -248,13 +256,13 @@ async def test_transport_errors_are_translated(
 async def test_stream_asks_for_events_and_yields_chunks_as_received(
     upstream: ClientFactory,
 ) -> None:
-    seen: list[httpx.Request] = []
     first = b'{"id": "gen-1",  "choices": [{"delta": {"content": "caf\\u00e9"}}]}'
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
+    def respond(_request: httpx.Request) -> httpx.Response:
         body = b"data: " + first + b"\n\ndata: " + chunk("b") + b"\n\ndata: [DONE]\n\n"
         return httpx.Response(200, content=body, headers=SSE)
+
+    seen, handler = recording(respond)
 
     async with upstream(handler) as client:
         chunks = await collect(client, {**BODY, "stream": True})
@@ -419,11 +427,9 @@ async def test_leaving_the_stream_early_closes_the_response(upstream: ClientFact
 
 
 async def test_list_models(upstream: ClientFactory) -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"data": [{"id": "openai/gpt-4o"}]})
+    seen, handler = recording(
+        lambda _request: httpx.Response(200, json={"data": [{"id": "openai/gpt-4o"}]})
+    )
 
     async with upstream(handler) as client:
         assert await client.list_models() == {"data": [{"id": "openai/gpt-4o"}]}
@@ -448,11 +454,7 @@ async def test_list_models_failures(
 
 
 async def test_base_url_with_trailing_slash(upstream: ClientFactory) -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"data": []})
+    seen, handler = recording(lambda _request: httpx.Response(200, json={"data": []}))
 
     async with upstream(handler, openrouter_base_url="http://127.0.0.1:9/v1/") as client:
         await client.list_models()
