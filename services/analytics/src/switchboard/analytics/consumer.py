@@ -44,10 +44,10 @@ log = get_logger(__name__)
 
 _FLUSH_TIMEOUT = 2  # seconds (nats-py types it as int)
 _PENDING_POLL = 5.0
+"""Seconds between two reads of the consumer's backlog (``switchboard_consumer_pending``)."""
 _LINGER = 0.05
 """Seconds to let events gather after a fetch that emptied the backlog: a trickle (one
 idle client) then costs one pull and one PostHog request per 50 ms, not one per event."""
-"""Seconds between two reads of the consumer's backlog (``switchboard_consumer_pending``)."""
 
 posthog_batches = meter("switchboard.analytics").create_counter(
     "switchboard_posthog_batches",
