@@ -26,7 +26,7 @@ test: ## The whole suite with coverage (what CI runs)
 e2e: ## Only the end-to-end tests
 	uv run pytest tests/e2e -q
 
-bench: ## Benchmarks against LiteLLM; writes docs/benchmarks.md (needs nginx: apt-get install nginx-light)
+bench: ## Benchmarks against LiteLLM; writes docs/benchmarks.md (needs apt-get install nginx-light wrk)
 	uv run --group bench python -m bench.run
 
 helm-lint: ## Lint, render and validate the Helm chart offline (Helm's Go SDK, Kubernetes schemas)

@@ -36,6 +36,9 @@ from bench.upstream import MODEL, NginxUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "k6" / "chat.js"
+WRK_SCRIPT = ROOT / "bench" / "wrk" / "chat.lua"
+IDLE_SECONDS = 5
+"""Seconds of each one-client run of the added-latency measurement."""
 
 
 @dataclass
@@ -54,6 +57,20 @@ class Result:
     """Share of successful requests answered from the response cache (replay workload)."""
 
 
+@dataclass(frozen=True)
+class Idle:
+    """One pair of one-client runs: the upstream alone, then through the target."""
+
+    base_p50: float
+    p50: float
+    failed: int
+    """Failed requests of both runs (an error answer, a broken stream, a socket error)."""
+
+    @property
+    def added(self) -> float:
+        return self.p50 - self.base_p50
+
+
 @dataclass
 class Report:
     results: list[Result] = field(default_factory=list)
@@ -61,8 +78,8 @@ class Report:
     started: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     load: tuple[float, float, float] = field(default_factory=os.getloadavg)
     """The machine's load average when the run started: other work skews every target."""
-    idle: dict[bool, list[tuple[float, float]]] = field(default_factory=dict)
-    """Streamed or not → (nginx p50, switchboard p50) of alternating one-client runs."""
+    idle: dict[tuple[str, str, bool], list[Idle]] = field(default_factory=dict)
+    """(target, load tool, streamed) → alternating one-client runs of nginx and the target."""
 
 
 def _k6() -> str:
@@ -104,6 +121,28 @@ def run_k6(
         )
         summary: dict = json.loads(Path(out.name).read_text() or "{}")
     return summary
+
+
+def run_wrk(base_url: str, api_key: str, *, stream: bool, duration: str) -> tuple[float, int]:
+    """One wrk run of one connection: its p50 in ms and how many requests failed."""
+    found = shutil.which("wrk")
+    if found is None:
+        raise RuntimeError("wrk measures the one-client latency: apt-get install wrk")
+    env = {**os.environ, "API_KEY": api_key, "STREAM": "1" if stream else "0", "MODEL": MODEL}
+    argv = [found, "-t1", "-c1", f"-d{duration}", "-s", str(WRK_SCRIPT)]
+    done = subprocess.run(  # noqa: S603 - fixed argv
+        [*argv, f"{base_url}/chat/completions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    found_line = re.search(r"^wrk requests=(\d+) failed=(\d+) p50=([\d.]+)", done.stdout, re.M)
+    if done.returncode or found_line is None:
+        raise RuntimeError(f"wrk failed against {base_url}: {(done.stderr or done.stdout)[-300:]}")
+    requests, failed = int(found_line[1]), int(found_line[2])
+    return float(found_line[3]), failed + (requests == 0)
 
 
 def _result(target: str, stream: bool, vus: int, summary: dict) -> Result:
@@ -240,18 +279,54 @@ def measure(
 
 
 def measure_idle(
-    report: Report, upstream: str, base_url: str, key: str, *, stream: bool, pairs: int
+    report: Report,
+    target: str,
+    upstream: str,
+    base_url: str,
+    key: str,
+    *,
+    stream: bool,
+    pairs: int,
+    tools: tuple[str, ...] = ("wrk", "k6"),
 ) -> None:
-    """What Switchboard adds to one client's request on an otherwise idle machine: p50 of
-    the upstream alone and through Switchboard, in ``pairs`` alternating 5 s runs (a VM's
-    speed drifts by more than the difference within minutes; alternating cancels that)."""
-    runs = report.idle.setdefault(stream, [])
+    """What ``target`` adds to one client's request on an otherwise idle machine: p50 of the
+    upstream alone and through it, in ``pairs`` alternating runs per load tool (a VM's
+    speed drifts by more than the difference within minutes; alternating cancels that).
+
+    wrk is the issue's own tool for this figure; k6 is measured too, though it spends about
+    0.6 ms of CPU per request at one user, on the two cores the gateway runs on.
+    """
     run_k6(base_url, key, stream=stream, vus=8, duration="3s")  # warm-up
     for _ in range(pairs):
-        base = _result("", stream, 1, run_k6(upstream, "x", stream=stream, vus=1, duration="5s"))
-        ours = _result("", stream, 1, run_k6(base_url, key, stream=stream, vus=1, duration="5s"))
-        runs.append((base.p50, ours.p50))
-        print(f"idle stream={stream!s:<5} nginx p50={base.p50:.2f}ms ours p50={ours.p50:.2f}ms")
+        for tool in tools:
+            if tool == "wrk":
+                base_p50, base_failed = run_wrk(
+                    upstream, "x", stream=stream, duration=f"{IDLE_SECONDS}s"
+                )
+                p50, failed = run_wrk(base_url, key, stream=stream, duration=f"{IDLE_SECONDS}s")
+            else:
+                base = _result(
+                    "",
+                    stream,
+                    1,
+                    run_k6(upstream, "x", stream=stream, vus=1, duration=f"{IDLE_SECONDS}s"),
+                )
+                ours = _result(
+                    "",
+                    stream,
+                    1,
+                    run_k6(base_url, key, stream=stream, vus=1, duration=f"{IDLE_SECONDS}s"),
+                )
+                base_p50, p50 = base.p50, ours.p50
+                base_failed = round(base.errors * base.requests) + (base.requests == 0)
+                failed = round(ours.errors * ours.requests) + (ours.requests == 0)
+            run = Idle(base_p50, p50, base_failed + failed)
+            report.idle.setdefault((target, tool, stream), []).append(run)
+            print(
+                f"idle {target:<22} {tool:<3} stream={stream!s:<5} nginx p50={base_p50:.2f}ms "
+                f"p50={p50:.2f}ms failed={run.failed}",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument(
         "--idle-pairs", type=int, default=7, help="alternating one-client runs (added latency)"
+    )
+    parser.add_argument(
+        "--litellm-idle-pairs", type=int, default=3, help="the same for each LiteLLM setup (wrk)"
     )
     parser.add_argument("--cache", type=Path, default=ROOT / ".bench-cache")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -286,7 +364,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 with switchboard(workdir, upstream) as (base_url, key, pids):
                     measure_idle(
-                        report, upstream, base_url, key, stream=stream, pairs=args.idle_pairs
+                        report,
+                        "switchboard",
+                        upstream,
+                        base_url,
+                        key,
+                        stream=stream,
+                        pairs=args.idle_pairs,
                     )
                     measure(
                         report,
@@ -333,6 +417,16 @@ def main(argv: list[str] | None = None) -> int:
                         workers=workers,
                     )
                     try:
+                        measure_idle(
+                            report,
+                            f"litellm {workers} worker(s)",
+                            upstream,
+                            proxy.base_url,
+                            "sk-bench-master",
+                            stream=stream,
+                            pairs=args.litellm_idle_pairs,
+                            tools=("wrk",),
+                        )
                         measure(
                             report,
                             f"litellm {workers} worker(s)",
@@ -380,20 +474,27 @@ def _find(report: Report, target: str, stream: bool, vus: int) -> Result | None:
 
 
 def _idle_lines(report: Report) -> list[str]:
-    lines: list[str] = []
-    for stream, runs in report.idle.items():
-        if not runs:
-            continue
-        added = statistics.median(ours - base for base, ours in runs)
-        kind = "streamed (p50 of the whole stream)" if stream else "non-streamed"
-        lines += [
-            "",
-            f"Added latency, {kind}, one client on an idle machine: "
-            f"**{added:.2f} ms** at p50 (median of {len(runs)} alternating 5 s runs; "
-            "p50 in ms, upstream alone → through Switchboard: "
-            + ", ".join(f"{base:.2f} → {ours:.2f}" for base, ours in runs)
-            + ")",
-        ]
+    if not report.idle:
+        return []
+    lines = [
+        "",
+        "## Added latency, one client on an idle machine (same run)",
+        "",
+        f"Alternating {IDLE_SECONDS} s runs of one client: the upstream alone, then through the "
+        "target. Added = the median over the pairs of (p50 through it - p50 of the upstream).",
+        "",
+        "| target | streamed | load tool | added at p50 | pairs (p50 in ms, upstream → through "
+        "it) | failed requests |",
+        "| --- | --- | --- | ---: | --- | ---: |",
+    ]
+    for (target, tool, stream), runs in report.idle.items():
+        added = statistics.median(run.added for run in runs)
+        pairs = ", ".join(f"{run.base_p50:.2f} → {run.p50:.2f}" for run in runs)
+        failed = sum(run.failed for run in runs)
+        lines.append(
+            f"| {target} | {'yes' if stream else 'no'} | {tool} | **{added:.2f} ms** | {pairs} "
+            f"| {failed} |"
+        )
     return lines
 
 
@@ -404,7 +505,9 @@ def render(report: Report, args: argparse.Namespace) -> str:
         "Written by `make bench` (`uv run --group bench python -m bench.run`); rerun it to refresh "
         "every number below but the hand-written reading at the end, which a rerun keeps as it "
         "is. All targets ran in one run, on one machine, against the same upstream "
-        "(nginx serving fixed answers), with the same load tool (k6). "
+        "(nginx serving fixed answers), with the same load tools: k6 for every table, and "
+        "wrk as well for the one-client added latency (the issue's reference figures came from "
+        "wrk, and k6 itself spends about 0.6 ms of CPU per request on the same two cores). "
         f"LiteLLM proxy {LITELLM_VERSION} was installed into a throwaway virtualenv; "
         "it is not a project dependency.",
         "",
