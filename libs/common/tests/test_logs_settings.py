@@ -44,6 +44,27 @@ def test_logs_are_json_with_context_and_no_secrets(
     assert len(lines) == 2
 
 
+def test_secrets_are_redacted_on_every_line_whatever_the_case_of_their_key(
+    capfd: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    configure_logging("test", "INFO")
+    for _ in range(2):  # the second line is judged by the verdicts kept from the first
+        get_logger("t").info(
+            "call",
+            Authorization="Bearer sk-sb-1",
+            upstream_API_Key="sk-or-2",
+            session_cookie="c3",
+            key_id="key_1",
+            usage_prompt_tokens=14,
+        )
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert len(lines) == 2
+    for line in lines:
+        assert line["Authorization"] == line["upstream_API_Key"] == "[redacted]"
+        assert line["session_cookie"] == "[redacted]"
+        assert (line["key_id"], line["usage_prompt_tokens"]) == ("key_1", 14)
+
+
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NATS_URL", "nats://a:1, nats://b:2")
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
