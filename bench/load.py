@@ -115,9 +115,9 @@ def switchboard_up(workdir: Path, upstream: str) -> Iterator[RunningStack]:
     port = free_port()
     data_dir = workdir / f"sb-{port}"
     data_dir.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}  # no analytics
+    # No analytics; the log level as shipped (the router logs one INFO line per completion).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_") and k != "LOG_LEVEL"}
     env |= {"OPENROUTER_BASE_URL": upstream, "OPENROUTER_API_KEY": "sk-upstream"}
-    env |= {"LOG_LEVEL": "WARNING"}
     argv = [sys.executable, "-m", "switchboard.cli.main", "--data-dir", str(data_dir)]
     with (workdir / f"up-{port}.log").open("ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - fixed argv

@@ -206,11 +206,10 @@ def switchboard(workdir: Path, upstream: str) -> Iterator[tuple[str, str, dict[s
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={
-            **os.environ,
+        env={  # the log level as shipped: one INFO line per completion from the router
+            **{k: v for k, v in os.environ.items() if k != "LOG_LEVEL"},
             "OPENROUTER_BASE_URL": upstream,
             "OPENROUTER_API_KEY": "sk-upstream",
-            "LOG_LEVEL": "WARNING",
         },
     )
     for line in proc.stdout or ():
@@ -514,6 +513,8 @@ def render(report: Report, args: argparse.Namespace) -> str:
         f"- run: {report.started}; machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; each measurement {args.duration} after a 3 s "
         f"warm-up; load average at the start {report.load[0]:.2f} (1 min)",
+        "- Switchboard runs as `switchboard up` ships it, at the default log level (INFO: the "
+        "router writes one JSON line per completion); LiteLLM with `LITELLM_LOG=ERROR`",
         "- latency columns are milliseconds per request as k6 saw them; TTFB is time to the "
         "first response byte (for streams: the first chunk)",
         "",
