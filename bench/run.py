@@ -23,15 +23,12 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.support.servers import free_port
-
 from bench.litellm_proxy import LITELLM_VERSION, LiteLLMProxy, ensure_litellm
+from bench.stack import k6_binary, switchboard_up
 from bench.upstream import MODEL, NginxUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,13 +79,6 @@ class Report:
     """(target, load tool, streamed) → alternating one-client runs of nginx and the target."""
 
 
-def _k6() -> str:
-    found = shutil.which("k6") or str(Path(sys.executable).parent / "k6")
-    if not Path(found).exists():
-        raise RuntimeError("k6 is missing: run with `uv run --group bench`")
-    return found
-
-
 def run_k6(
     base_url: str,
     api_key: str,
@@ -113,7 +103,15 @@ def run_k6(
             "K6_NO_USAGE_REPORT": "true",
         }
         subprocess.run(  # noqa: S603 - fixed argv
-            [_k6(), "run", "--quiet", "--no-color", "--summary-export", out.name, str(SCRIPT)],
+            [
+                k6_binary(),
+                "run",
+                "--quiet",
+                "--no-color",
+                "--summary-export",
+                out.name,
+                str(SCRIPT),
+            ],
             env=env,
             check=False,
             stdout=subprocess.DEVNULL,
@@ -185,65 +183,6 @@ def rss_mb(pids: list[int]) -> float:
         if children.exists():
             todo += [int(c) for c in children.read_text().split()]
     return total_kb / 1024
-
-
-@contextmanager
-def switchboard(workdir: Path, upstream: str) -> Iterator[tuple[str, str, dict[str, int]]]:
-    """``switchboard up`` against ``upstream``; yields base URL, an API key and child pids."""
-    port = free_port()
-    data = workdir / f"sb-{port}"
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
-        [
-            sys.executable,
-            "-m",
-            "switchboard.cli.main",
-            "--data-dir",
-            str(data),
-            "up",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={  # the log level as shipped: one INFO line per completion from the router
-            **{k: v for k, v in os.environ.items() if k != "LOG_LEVEL"},
-            "OPENROUTER_BASE_URL": upstream,
-            "OPENROUTER_API_KEY": "sk-upstream",
-        },
-    )
-    for line in proc.stdout or ():
-        if "Switchboard is up" in line:
-            break
-        if "could not start" in line:
-            raise RuntimeError(line)
-    try:
-        key = json.loads(
-            subprocess.run(  # noqa: S603 - fixed argv
-                [
-                    sys.executable,
-                    "-m",
-                    "switchboard.cli.main",
-                    "--data-dir",
-                    str(data),
-                    "keys",
-                    "create",
-                    "--name",
-                    "bench",
-                    "--json",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )["key"]
-        services = json.loads((data / "state.json").read_text())["services"]
-        yield f"http://127.0.0.1:{port}/v1", key, services
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def measure(
@@ -361,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                     concurrencies=levels,
                     duration=args.duration,
                 )
-                with switchboard(workdir, upstream) as (base_url, key, pids):
+                with switchboard_up(workdir, upstream, key_name="bench") as stack:
+                    base_url, key, pids = stack.base_url, stack.key, stack.pids
                     measure_idle(
                         report,
                         "switchboard",
