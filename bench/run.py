@@ -143,6 +143,18 @@ def run_wrk(base_url: str, api_key: str, *, stream: bool, duration: str) -> tupl
     return float(found_line[3]), failed + (requests == 0)
 
 
+def run_k6_one(base_url: str, api_key: str, *, stream: bool, duration: str) -> tuple[float, int]:
+    """One k6 run of one user: its p50 in ms and how many requests failed."""
+    result = _result(
+        "", stream, 1, run_k6(base_url, api_key, stream=stream, vus=1, duration=duration)
+    )
+    return result.p50, round(result.errors * result.requests) + (result.requests == 0)
+
+
+ONE_CLIENT = {"wrk": run_wrk, "k6": run_k6_one}
+"""Load tool → one client's run: (p50 in ms, failed requests)."""
+
+
 def _result(target: str, stream: bool, vus: int, summary: dict) -> Result:
     metrics = summary.get("metrics", {})
     duration = metrics.get("http_req_duration", {})
@@ -235,29 +247,12 @@ def measure_idle(
     0.6 ms of CPU per request at one user, on the two cores the gateway runs on.
     """
     run_k6(base_url, key, stream=stream, vus=8, duration="3s")  # warm-up
+    duration = f"{IDLE_SECONDS}s"
     for _ in range(pairs):
         for tool in tools:
-            if tool == "wrk":
-                base_p50, base_failed = run_wrk(
-                    upstream, "x", stream=stream, duration=f"{IDLE_SECONDS}s"
-                )
-                p50, failed = run_wrk(base_url, key, stream=stream, duration=f"{IDLE_SECONDS}s")
-            else:
-                base = _result(
-                    "",
-                    stream,
-                    1,
-                    run_k6(upstream, "x", stream=stream, vus=1, duration=f"{IDLE_SECONDS}s"),
-                )
-                ours = _result(
-                    "",
-                    stream,
-                    1,
-                    run_k6(base_url, key, stream=stream, vus=1, duration=f"{IDLE_SECONDS}s"),
-                )
-                base_p50, p50 = base.p50, ours.p50
-                base_failed = round(base.errors * base.requests) + (base.requests == 0)
-                failed = round(ours.errors * ours.requests) + (ours.requests == 0)
+            one_client = ONE_CLIENT[tool]
+            base_p50, base_failed = one_client(upstream, "x", stream=stream, duration=duration)
+            p50, failed = one_client(base_url, key, stream=stream, duration=duration)
             run = Idle(base_p50, p50, base_failed + failed)
             report.idle.setdefault((target, tool, stream), []).append(run)
             print(
